@@ -1,0 +1,101 @@
+"""Save and load the one model file: TorchScript weights + vocab.txt + manifest.json (_extra_files).
+
+The loader verifies everything before a model may serve: the file exists and
+is TorchScript, the normalizer version is one this code implements, and the
+weights and vocabulary hash to what the manifest says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from contract.encoder import TextEncoder
+from contract.manifest import FORMAT_VERSION, Manifest
+from contract.text import KNOWN_NORMALIZER_VERSIONS
+from contract.vocab import Vocab
+
+MANIFEST_FILE = "manifest.json"
+VOCAB_FILE = "vocab.txt"
+
+
+class ArtifactError(Exception):
+    """The model file is missing, damaged or incompatible; the message says which, in one line."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    module: torch.jit.ScriptModule  # forward(ids LongTensor[B, T], lengths LongTensor[B]) -> P(positive) FloatTensor[B]
+    vocab: Vocab
+    manifest: Manifest
+    file_sha256: str
+
+    @property
+    def encoder(self) -> TextEncoder:
+        return TextEncoder(self.vocab, self.manifest.max_length, self.manifest.head_length)
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """A digest of every state tensor's name, dtype, shape and bytes, independent of file layout."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(module: torch.jit.ScriptModule, vocab: Vocab, manifest: Manifest, path: Path) -> Manifest:
+    """Write the model file; fills in the weight and vocabulary digests and returns the final manifest."""
+    if manifest.vocab_size != len(vocab):
+        raise ValueError(f"manifest vocab_size {manifest.vocab_size} != vocabulary size {len(vocab)}")
+    final = dataclasses.replace(manifest, weights_sha256=weights_sha256(module), vocab_sha256=vocab.sha256())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.jit.save(module, str(tmp), _extra_files={MANIFEST_FILE: final.to_json(), VOCAB_FILE: vocab.to_text()})
+    tmp.replace(path)  # atomic: a crash mid-write never leaves a half model under the real name
+    return final
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
+    """Load and verify a model file, then move it to `device`. Raises ArtifactError with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"model file not found: {path}")
+    extra = {MANIFEST_FILE: "", VOCAB_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError/ValueError variants for damaged zips
+        raise ArtifactError(f"{path} is not a readable TorchScript model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not extra[MANIFEST_FILE] or not extra[VOCAB_FILE]:
+        raise ArtifactError(f"{path} carries no {MANIFEST_FILE}/{VOCAB_FILE}; it was not exported by this project")
+    try:
+        manifest = Manifest.from_json(extra[MANIFEST_FILE])
+        vocab = Vocab.from_text(extra[VOCAB_FILE].decode() if isinstance(extra[VOCAB_FILE], bytes) else extra[VOCAB_FILE])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ArtifactError(f"{path} has an unreadable manifest or vocabulary: {exc}") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has artifact format {manifest.format_version}; this code reads format {FORMAT_VERSION}")
+    if manifest.normalizer_version not in KNOWN_NORMALIZER_VERSIONS:
+        raise ArtifactError(
+            f"{path} needs text normalizer version {manifest.normalizer_version!r}; "
+            f"this code implements {sorted(KNOWN_NORMALIZER_VERSIONS)}: upgrade the service or re-export the model"
+        )
+    if len(vocab) != manifest.vocab_size or vocab.sha256() != manifest.vocab_sha256:
+        raise ArtifactError(f"{path}: vocabulary does not match its manifest (size or sha256)")
+    if weights_sha256(module) != manifest.weights_sha256:
+        raise ArtifactError(f"{path}: weights do not match the manifest sha256; the file is damaged or was altered")
+    module.eval()
+    return Artifact(module.to(device), vocab, manifest, file_sha256(path))

@@ -1,0 +1,139 @@
+"""The whole run: data -> tokens -> vocab -> word2vec -> fit -> calibrate -> test -> export -> report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import random
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from contract.encoder import TextEncoder
+from contract.manifest import Manifest
+from contract.text import NORMALIZER_VERSION, tokenize
+from contract.vocab import Vocab
+from training import data, report
+from training.calibrate import brier, expected_calibration_error, fit_temperature
+from training.config import TrainConfig
+from training.embeddings import word2vec_matrix
+from training.evaluate import metrics
+from training.export import export
+from training.loop import fit, predict_logits
+from training.model import SentimentLSTM
+
+log = logging.getLogger(__name__)
+LABELS = ("negative", "positive")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise data.DataError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except OSError:
+        return ""
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def train(config: TrainConfig) -> Path:
+    """Run the whole pipeline; returns the artifact path."""
+    started = time.perf_counter()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    path = data.find(config.data, config.download)
+    log.info("data %s, device %s", path, device)
+    dataset = data.load(path, config.validation_fraction, config.seed, config.limit)
+    log.info("train %d, validation %d, test %d, unlabelled %d", len(dataset.train), len(dataset.validation), len(dataset.test), len(dataset.unsup))
+
+    def tokens_of(reviews: list[data.Review], what: str) -> list[list[str]]:
+        return [tokenize(r.text) for r in tqdm(reviews, desc=f"tokenize {what}", unit="review", leave=False)]
+
+    train_tokens, unsup_tokens = tokens_of(dataset.train, "train"), tokens_of(dataset.unsup, "unlabelled")
+    vocab = Vocab.build(train_tokens + unsup_tokens, config.vocab_size, config.min_freq)
+    encoder = TextEncoder(vocab, config.max_length, config.head_length)
+
+    def ids_of(tokens: list[list[str]]) -> list[list[int]]:
+        return [vocab.encode(t, encoder.max_length, encoder.head_length).ids for t in tokens]
+
+    train_ids = ids_of(train_tokens)
+    val_ids = [encoder.encode(r.text).ids for r in dataset.validation]
+    model = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout)
+    if config.word2vec:
+        t0 = time.perf_counter()
+        model.embedding.weight.data.copy_(
+            word2vec_matrix(train_tokens + unsup_tokens, vocab, config.embed_dim, config.w2v_epochs, config.w2v_skipgram, config.seed, os.cpu_count() or 1)
+        )
+        log.info("word2vec pre-training took %.0fs", time.perf_counter() - t0)
+    del unsup_tokens
+    model.to(device)
+    fit_start = time.perf_counter()
+    history = fit(model, train_ids, [r.label for r in dataset.train], val_ids, [r.label for r in dataset.validation], config, device)
+    fit_seconds = time.perf_counter() - fit_start
+
+    y_val = torch.tensor([float(r.label) for r in dataset.validation])
+    val_logits = predict_logits(model, val_ids, config.eval_batch_size, device)
+    temperature = fit_temperature(val_logits, y_val)
+    model.temperature.fill_(temperature)
+    calibration = {
+        "temperature": temperature,
+        "val_ece_15_before": expected_calibration_error(torch.sigmoid(val_logits), y_val),
+        "val_ece_15_after": expected_calibration_error(torch.sigmoid(val_logits / temperature), y_val),
+        "val_brier_before": brier(torch.sigmoid(val_logits), y_val),
+        "val_brier_after": brier(torch.sigmoid(val_logits / temperature), y_val),
+    }
+    log.info("calibration: %s", calibration)
+
+    # The test set is touched once, here, after every choice is made.
+    y_test = torch.tensor([float(r.label) for r in dataset.test])
+    test_logits = predict_logits(model, [encoder.encode(r.text).ids for r in dataset.test], config.eval_batch_size, device)
+    test = metrics(torch.sigmoid(test_logits / temperature), y_test)
+    test["ece_15_uncalibrated"] = expected_calibration_error(torch.sigmoid(test_logits), y_test)
+    test["brier_uncalibrated"] = brier(torch.sigmoid(test_logits), y_test)
+    log.info("test: accuracy %.4f, f1 %.4f, auc %.4f, ece %.4f", test["accuracy"], test["f1"], test["roc_auc"], test["ece_15"])
+
+    manifest = Manifest(
+        name=config.name,
+        version=config.version,
+        labels=LABELS,
+        vocab_size=len(vocab),
+        max_length=config.max_length,
+        head_length=config.head_length,
+        normalizer_version=NORMALIZER_VERSION,
+        data_sha256=dataset.sha256,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        git_commit=git_commit(),
+        metrics={"test": test, "validation": {"accuracy": history.val_accuracy[history.best_epoch - 1], **calibration}},
+        training={
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
+            "hardware": hardware(device),
+            "fit_seconds": round(fit_seconds, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "best_epoch": history.best_epoch,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
+    final, checks = export(model, vocab, manifest, config.out, val_ids[:256], dataset.validation[0].text)
+    report.write(config.out, final, history, checks, torch.sigmoid(test_logits / temperature), y_test, torch.sigmoid(val_logits), torch.sigmoid(val_logits / temperature), y_val, val_ids)
+    return config.out

@@ -1,0 +1,163 @@
+"""The model card: metrics.json, MODEL_CARD.md and PNG plots written beside the artifact."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contract import artifact
+from contract.manifest import Manifest
+from training.loop import History
+
+
+@torch.inference_mode()
+def throughput(path: Path, texts_ids: list[list[int]], batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0) -> dict[str, float]:
+    """Reviews/s of the saved artifact at each batch size, on real review lengths."""
+    from contract.vocab import pad_batch
+
+    module = artifact.load(path).module
+    out = {}
+    for bs in batch_sizes:
+        batches = [pad_batch(texts_ids[i : i + bs]) for i in range(0, min(len(texts_ids), bs * 50), bs)]
+        module(*batches[0])  # warm-up: the first TorchScript call optimises the graph
+        done, start, i = 0, time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            x, lengths = batches[i % len(batches)]
+            module(x, lengths)
+            done, i = done + len(lengths), i + 1
+        out[f"batch_{bs}_reviews_per_s"] = round(done / (time.perf_counter() - start), 1)
+    return out
+
+
+def _plots(folder: Path, history: History, test_probs: torch.Tensor, y_test: torch.Tensor, val_before: torch.Tensor, val_after: torch.Tensor, y_val: torch.Tensor, confusion: list[list[int]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history.train_loss) + 1)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, history.train_loss, "o-", label="train")
+    a.plot(epochs, history.val_loss, "o-", label="validation")
+    a.axvline(history.best_epoch, ls="--", c="grey", label="kept epoch")
+    a.set(xlabel="epoch", ylabel="BCE loss", title="Loss")
+    a.legend()
+    b.plot(epochs, history.val_accuracy, "o-", c="C1")
+    b.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    fig.tight_layout()
+    fig.savefig(folder / "learning_curves.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    edges = torch.linspace(0, 1, 16)
+    for probs, labels, name in ((val_before, y_val, "validation, T=1"), (val_after, y_val, "validation, calibrated"), (test_probs, y_test, "test, calibrated")):
+        index = torch.bucketize(probs, edges[1:-1])
+        xs, ys = [], []
+        for k in range(15):
+            m = index == k
+            if m.sum() >= 10:
+                xs.append(float(probs[m].mean()))
+                ys.append(float(labels[m].mean()))
+        ax.plot(xs, ys, "o-", label=name)
+    ax.plot([0, 1], [0, 1], "--", c="grey")
+    ax.set(xlabel="predicted P(positive)", ylabel="observed fraction positive", title="Reliability (15 bins)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "reliability.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(confusion, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{confusion[i][j]:,}", ha="center", va="center", fontsize=12)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["negative", "positive"], yticklabels=["negative", "positive"], xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+
+def write(path: Path, manifest: Manifest, history: History, checks: dict[str, float], test_probs: torch.Tensor, y_test: torch.Tensor, val_before: torch.Tensor, val_after: torch.Tensor, y_val: torch.Tensor, speed_ids: list[list[int]]) -> None:
+    folder = path.parent
+    test: dict[str, Any] = manifest.metrics["test"]
+    speed = throughput(path, speed_ids)
+    summary = {
+        "model": manifest.name,
+        "version": manifest.version,
+        "file": path.name,
+        "file_bytes": path.stat().st_size,
+        "file_sha256": artifact.file_sha256(path),
+        "metrics": manifest.metrics,
+        "training": manifest.training,
+        "history": {k: v for k, v in vars(history).items()},
+        "export_checks": checks,
+        "throughput_cpu": speed,
+    }
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plots(folder, history, test_probs, y_test, val_before, val_after, y_val, test["confusion"])
+    cfg = manifest.training["config"]
+    val = manifest.metrics["validation"]
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k in ("epochs", "seed", "limit") and v is not None)
+    (folder / "MODEL_CARD.md").write_text(f"""# Model card: {manifest.name} {manifest.version}
+
+A binary sentiment classifier for English movie-review-style text: word
+embeddings (word2vec pre-trained on IMDb train + unlabelled reviews) → one
+bidirectional LSTM layer ({cfg['hidden']} units per direction) → max + mean pooling →
+linear → sigmoid, with a temperature ({val['temperature']:.3f}) fitted on validation
+and folded into the file. Output: calibrated P(positive).
+
+## Figures (IMDb test set, {test['n']:,} reviews, evaluated once)
+
+| metric | value |
+|---|---|
+| accuracy | **{test['accuracy']:.2%}** |
+| F1 (positive) | {test['f1']:.4f} |
+| ROC-AUC | {test['roc_auc']:.4f} |
+| ECE, 15 bins (calibrated / uncalibrated) | {test['ece_15']:.2%} / {test['ece_15_uncalibrated']:.2%} |
+| Brier (calibrated / uncalibrated) | {test['brier']:.4f} / {test['brier_uncalibrated']:.4f} |
+| validation accuracy (kept epoch {manifest.training['best_epoch']}) | {val['accuracy']:.2%} |
+| validation ECE before / after temperature | {val['val_ece_15_before']:.2%} / {val['val_ece_15_after']:.2%} |
+| parameters | {manifest.training['parameters']:,} |
+| file size | {path.stat().st_size / 1e6:.1f} MB |
+| CPU throughput, batch 1 / batch 64 | {speed['batch_1_reviews_per_s']:.0f} / {speed['batch_64_reviews_per_s']:.0f} reviews/s |
+| training time (whole run / fitting) | {manifest.training['total_seconds'] / 60:.1f} min / {manifest.training['fit_seconds'] / 60:.1f} min on {manifest.training['hardware']} |
+
+Confusion matrix (rows true negative/positive, columns predicted): {test['confusion']}.
+
+![learning curves](learning_curves.png) ![reliability](reliability.png) ![confusion matrix](confusion_matrix.png)
+
+## How it was made
+
+    python -m training {flags}
+
+with the defaults of `training/config.py` (all recorded in `metrics.json` and in the
+file's manifest): vocabulary of {manifest.vocab_size:,} tokens from train + unlabelled
+reviews, head+tail truncation to {manifest.max_length} tokens ({manifest.head_length} from the start),
+length-bucketed batches, Adam with a one-cycle schedule, gradient clipping at
+{cfg['clip_norm']}, dropout {cfg['dropout']}, early stopping on validation loss. Validation is
+{cfg['validation_fraction']:.0%} of the *training movies* (grouped by IMDb title id), so no film is on both
+sides; the test set was used once, after every choice. Data sha256: `{manifest.data_sha256}`.
+Git commit: `{manifest.git_commit or 'n/a'}`; created {manifest.created_at}.
+
+Re-check the test figures from the shipped file:
+
+    python -m training.evaluate {path.as_posix()} --data ../shared/data/aclImdb.tar.gz
+
+## Export checks (run automatically)
+
+- scripted vs eager, max |Δp| on 256 validation reviews: {checks['parity_max_abs_diff']:.1e}
+- padding / batch-mate invariance, max |Δp|: {checks['padding_max_abs_diff']:.1e}
+- fresh process that imports only `contract/`: |Δp| {checks['fresh_process_abs_diff']:.1e}
+
+## Intended use and limits
+
+Trained on IMDb movie reviews (English, 2011 and earlier, polarised: ratings ≤ 4 or ≥ 7).
+Neutral or mixed text has no label of its own: expect scores near 0.5. Sarcasm,
+other domains (products, tweets) and non-English text are out of distribution;
+the calibration holds on IMDb, not necessarily elsewhere. Texts longer than
+{manifest.max_length} tokens are judged on their first {manifest.head_length} and last {manifest.max_length - manifest.head_length} tokens.
+""")
