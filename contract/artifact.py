@@ -7,8 +7,9 @@ weights and vocabulary hash to what the manifest says.
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,9 @@ def save(module: torch.jit.ScriptModule, vocab: Vocab, manifest: Manifest, path:
     final = dataclasses.replace(manifest, weights_sha256=weights_sha256(module), vocab_sha256=vocab.sha256())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.jit.save(module, str(tmp), _extra_files={MANIFEST_FILE: final.to_json(), VOCAB_FILE: vocab.to_text()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(module, str(tmp), _extra_files={MANIFEST_FILE: final.to_json(), VOCAB_FILE: vocab.to_text()})
     tmp.replace(path)  # atomic: a crash mid-write never leaves a half model under the real name
     return final
 
@@ -76,7 +79,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
         raise ArtifactError(f"model file not found: {path}")
     extra = {MANIFEST_FILE: "", VOCAB_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but remains the format we ship
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError variants for damaged zips
         raise ArtifactError(f"{path} is not a readable TorchScript model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if not extra[MANIFEST_FILE] or not extra[VOCAB_FILE]:
@@ -98,4 +103,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
     if weights_sha256(module) != manifest.weights_sha256:
         raise ArtifactError(f"{path}: weights do not match the manifest sha256; the file is damaged or was altered")
     module.eval()
+    for parameter in module.parameters():  # serving never trains; explain() differentiates w.r.t. inputs only
+        parameter.requires_grad_(False)
     return Artifact(module.to(device), vocab, manifest, file_sha256(path))

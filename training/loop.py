@@ -81,7 +81,8 @@ def fit(
     lengths = [len(x) for x in train_ids]
     steps = math.ceil(len(train_ids) / config.batch_size) * config.epochs
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.1)
+    warmup = max(0.1, 2.5 / steps)  # 10% warm-up; tiny smoke runs need >= 2 warm-up steps or OneCycleLR divides by 0
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(steps, 3), pct_start=min(warmup, 0.5))
     y_val = torch.tensor(val_labels, dtype=torch.float32)
     history, best_loss, best_state, stale = History(), math.inf, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, config.epochs + 1):

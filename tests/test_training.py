@@ -1,0 +1,118 @@
+"""Training on a tiny slice of the real data: the whole pipeline, export checks included, in well under a minute."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from contract import artifact
+from contract.vocab import pad_batch
+from training import data
+from training.__main__ import main
+from training.calibrate import brier, expected_calibration_error, fit_temperature
+from training.loop import bucketed
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb.tar.gz"
+needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"IMDb tarball not at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not DATA.exists():
+        pytest.skip(f"IMDb tarball not at {DATA}")
+    out = tmp_path_factory.mktemp("train") / "model.pt"
+    argv = ["--data", str(DATA), "--out", str(out), "--limit", "150", "--epochs", "1", "--w2v-epochs", "1",
+            "--embed-dim", "16", "--hidden", "8", "--vocab-size", "3000", "--batch-size", "32"]
+    assert main(argv) == 0
+    return out
+
+
+@needs_data
+def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) -> None:
+    loaded = artifact.load(trained)
+    m = loaded.manifest
+    assert m.labels == ("negative", "positive")
+    assert m.vocab_size == len(loaded.vocab) <= 3000
+    assert m.max_length == 400 and m.head_length == 100
+    assert len(m.data_sha256) == 64
+    assert set(m.metrics["test"]) >= {"accuracy", "f1", "roc_auc", "ece_15", "brier"}
+    assert m.metrics["test"]["n"] == 300  # 150 per class
+    ids, lengths = pad_batch([loaded.encoder.encode(t).ids for t in ["A fine film.", "Terrible.<br />Awful!"]])
+    with torch.inference_mode():
+        p = loaded.module(ids, lengths)
+    assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
+    card = (trained.parent / "MODEL_CARD.md").read_text()
+    assert "python -m training" in card and "accuracy" in card
+    summary = json.loads((trained.parent / "metrics.json").read_text())
+    assert summary["export_checks"]["parity_max_abs_diff"] <= 1e-5
+    assert summary["export_checks"]["padding_max_abs_diff"] <= 1e-5
+    for plot in ("learning_curves.png", "reliability.png", "confusion_matrix.png"):
+        assert (trained.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_data
+def test_validation_split_is_movie_disjoint() -> None:
+    ds = data.load(DATA, limit=2000)
+    train_movies = {r.movie for r in ds.train}
+    val_movies = {r.movie for r in ds.validation}
+    assert train_movies.isdisjoint(val_movies)
+    assert 0.05 < len(ds.validation) / (len(ds.train) + len(ds.validation)) < 0.2
+    assert all(r.movie.startswith("tt") for r in ds.train[:100])
+
+
+def test_missing_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data", str(tmp_path / "nowhere.tar.gz"), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: dataset not found") and "--data" in err and "\n" not in err
+
+
+def test_corrupt_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "aclImdb.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00garbage" * 100)
+    assert main(["--data", str(bad), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a readable aclImdb tarball" in err and "\n" not in err
+
+
+def test_tarball_without_reviews_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.tar.gz"
+    readme = tmp_path / "README"
+    readme.write_text("not imdb")
+    with tarfile.open(other, "w:gz") as tar:
+        tar.add(readme, arcname="aclImdb/README")
+    assert main(["--data", str(other), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "has no reviews under train/pos" in capsys.readouterr().err
+
+
+def test_bucketed_batches_cover_every_index_once_with_similar_lengths() -> None:
+    import random
+
+    lengths = [random.Random(1).randint(1, 500) for _ in range(1000)]
+    batches = bucketed(lengths, 16, random.Random(0))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 100  # vs ~470 for random batches
+
+
+def test_temperature_scaling_fixes_overconfidence() -> None:
+    g = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, generator=g) * 2
+    labels = torch.bernoulli(torch.sigmoid(true_logits), generator=g)
+    overconfident = true_logits * 3
+    t = fit_temperature(overconfident, labels)
+    assert 2.5 < t < 3.5
+    before = expected_calibration_error(torch.sigmoid(overconfident), labels)
+    after = expected_calibration_error(torch.sigmoid(overconfident / t), labels)
+    assert after < before / 2
+    assert brier(torch.sigmoid(overconfident / t), labels) < brier(torch.sigmoid(overconfident), labels)
+
+
+def test_ece_of_a_perfectly_calibrated_constant_is_zero() -> None:
+    probs = torch.full((1000,), 0.7)
+    labels = torch.tensor([1.0] * 700 + [0.0] * 300)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.0, abs=1e-6)
