@@ -83,7 +83,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError variants for damaged zips
-        raise ArtifactError(f"{path} is not a readable TorchScript model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise ArtifactError(
+            f"{path} is not a readable TorchScript model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     if not extra[MANIFEST_FILE] or not extra[VOCAB_FILE]:
         raise ArtifactError(f"{path} carries no {MANIFEST_FILE}/{VOCAB_FILE}; it was not exported by this project")
     try:

@@ -46,11 +46,7 @@ def normalize_token(raw: str) -> str:
 
 def tokenize_with_spans(text: str) -> list[Token]:
     """Tokens of `text` with their character spans in `text` itself."""
-    return [
-        Token(normalize_token(m.group("token")), m.start(), m.end())
-        for m in _PATTERN.finditer(text)
-        if m.lastgroup == "token"
-    ]
+    return [Token(normalize_token(m.group("token")), m.start(), m.end()) for m in _PATTERN.finditer(text) if m.lastgroup == "token"]
 
 
 def tokenize(text: str) -> list[str]:

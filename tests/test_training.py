@@ -14,7 +14,7 @@ from contract.vocab import pad_batch
 from training import data
 from training.__main__ import main
 from training.calibrate import brier, expected_calibration_error, fit_temperature
-from training.loop import bucketed
+from training.loop import bucketed, crop_to_shortest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb.tar.gz"
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"IMDb tarball not at {DATA}")
@@ -25,8 +25,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not DATA.exists():
         pytest.skip(f"IMDb tarball not at {DATA}")
     out = tmp_path_factory.mktemp("train") / "model.pt"
-    argv = ["--data", str(DATA), "--out", str(out), "--limit", "150", "--epochs", "1", "--w2v-epochs", "1",
-            "--embed-dim", "16", "--hidden", "8", "--vocab-size", "3000", "--batch-size", "32"]
+    argv = [
+        "--data",
+        str(DATA),
+        "--out",
+        str(out),
+        "--limit",
+        "150",
+        "--epochs",
+        "1",
+        "--w2v-epochs",
+        "1",
+        "--embed-dim",
+        "16",
+        "--hidden",
+        "8",
+        "--vocab-size",
+        "3000",
+        "--batch-size",
+        "32",
+    ]
     assert main(argv) == 0
     return out
 
@@ -116,3 +134,12 @@ def test_ece_of_a_perfectly_calibrated_constant_is_zero() -> None:
     probs = torch.full((1000,), 0.7)
     labels = torch.tensor([1.0] * 700 + [0.0] * 300)
     assert expected_calibration_error(probs, labels) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_crop_to_shortest_equalises_lengths_keeping_head_and_tail() -> None:
+    batch = [list(range(10)), list(range(100, 108)), list(range(200, 212))]
+    cropped = crop_to_shortest(batch)
+    assert [len(ids) for ids in cropped] == [8, 8, 8]
+    assert cropped[1] == batch[1]  # the shortest is untouched
+    assert cropped[0] == [0, 1, 4, 5, 6, 7, 8, 9]  # 2 from the head, 6 from the tail
+    assert cropped[2][:2] == [200, 201] and cropped[2][-1] == 211

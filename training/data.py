@@ -88,7 +88,9 @@ def _entries(path: Path) -> Iterator[tuple[str, bytes]]:
                         yield member.name, f.read()
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())  # tarfile's messages span lines; errors here are one line
-        raise DataError(f"{path} is not a readable aclImdb tarball ({reason[:200]}); pass --data PATH to a good copy or --download") from None
+        raise DataError(
+            f"{path} is not a readable aclImdb tarball ({reason[:200]}); pass --data PATH to a good copy or --download"
+        ) from None
 
 
 def _validation_movie(movie: str, fraction: float, seed: int) -> bool:

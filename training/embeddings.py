@@ -19,8 +19,16 @@ def word2vec_matrix(
     from gensim.models import Word2Vec  # heavy and train-only: imported on use
 
     w2v = Word2Vec(
-        sentences=corpus, vector_size=dim, window=5, min_count=2, sg=int(skipgram), negative=5,
-        epochs=epochs, seed=seed, workers=workers, max_vocab_size=None,
+        sentences=corpus,
+        vector_size=dim,
+        window=5,
+        min_count=2,
+        sg=int(skipgram),
+        negative=5,
+        epochs=epochs,
+        seed=seed,
+        workers=workers,
+        max_vocab_size=None,
     )
     g = torch.Generator().manual_seed(seed)
     scale = float(torch.from_numpy(w2v.wv.vectors).std())

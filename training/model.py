@@ -8,8 +8,6 @@ calibrated probabilities with no extra step at serve time.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -46,7 +44,7 @@ class SentimentLSTM(nn.Module):
         return torch.sigmoid(self.logits(ids, lengths) / self.temperature)
 
     @torch.jit.export
-    def explain(self, ids: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def explain(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (P(positive) FloatTensor[B], per-token gradient x input on the logit FloatTensor[B, T]).
 
         Gradient x input on the embeddings: one forward + one backward for the

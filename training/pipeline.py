@@ -9,7 +9,7 @@ import platform
 import random
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -65,7 +65,13 @@ def train(config: TrainConfig) -> Path:
     path = data.find(config.data, config.download)
     log.info("data %s, device %s", path, device)
     dataset = data.load(path, config.validation_fraction, config.seed, config.limit)
-    log.info("train %d, validation %d, test %d, unlabelled %d", len(dataset.train), len(dataset.validation), len(dataset.test), len(dataset.unsup))
+    log.info(
+        "train %d, validation %d, test %d, unlabelled %d",
+        len(dataset.train),
+        len(dataset.validation),
+        len(dataset.test),
+        len(dataset.unsup),
+    )
 
     def tokens_of(reviews: list[data.Review], what: str) -> list[list[str]]:
         return [tokenize(r.text) for r in tqdm(reviews, desc=f"tokenize {what}", unit="review", leave=False)]
@@ -83,7 +89,15 @@ def train(config: TrainConfig) -> Path:
     if config.word2vec:
         t0 = time.perf_counter()
         model.embedding.weight.data.copy_(
-            word2vec_matrix(train_tokens + unsup_tokens, vocab, config.embed_dim, config.w2v_epochs, config.w2v_skipgram, config.seed, os.cpu_count() or 1)
+            word2vec_matrix(
+                train_tokens + unsup_tokens,
+                vocab,
+                config.embed_dim,
+                config.w2v_epochs,
+                config.w2v_skipgram,
+                config.seed,
+                os.cpu_count() or 1,
+            )
         )
         log.info("word2vec pre-training took %.0fs", time.perf_counter() - t0)
     del unsup_tokens
@@ -122,7 +136,7 @@ def train(config: TrainConfig) -> Path:
         head_length=config.head_length,
         normalizer_version=NORMALIZER_VERSION,
         data_sha256=dataset.sha256,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=git_commit(),
         metrics={"test": test, "validation": {"accuracy": history.val_accuracy[history.best_epoch - 1], **calibration}},
         training={
@@ -135,5 +149,16 @@ def train(config: TrainConfig) -> Path:
         },
     )
     final, checks = export(model, vocab, manifest, config.out, val_ids[:256], dataset.validation[0].text)
-    report.write(config.out, final, history, checks, torch.sigmoid(test_logits / temperature), y_test, torch.sigmoid(val_logits), torch.sigmoid(val_logits / temperature), y_val, val_ids)
+    report.write(
+        config.out,
+        final,
+        history,
+        checks,
+        torch.sigmoid(test_logits / temperature),
+        y_test,
+        torch.sigmoid(val_logits),
+        torch.sigmoid(val_logits / temperature),
+        y_val,
+        val_ids,
+    )
     return config.out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from contract import artifact
 from contract.manifest import Manifest
+from training.config import TrainConfig
 from training.loop import History
 
 
@@ -33,7 +35,16 @@ def throughput(path: Path, texts_ids: list[list[int]], batch_sizes: tuple[int, .
     return out
 
 
-def _plots(folder: Path, history: History, test_probs: torch.Tensor, y_test: torch.Tensor, val_before: torch.Tensor, val_after: torch.Tensor, y_val: torch.Tensor, confusion: list[list[int]]) -> None:
+def _plots(
+    folder: Path,
+    history: History,
+    test_probs: torch.Tensor,
+    y_test: torch.Tensor,
+    val_before: torch.Tensor,
+    val_after: torch.Tensor,
+    y_val: torch.Tensor,
+    confusion: list[list[int]],
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +65,11 @@ def _plots(folder: Path, history: History, test_probs: torch.Tensor, y_test: tor
 
     fig, ax = plt.subplots(figsize=(5, 5))
     edges = torch.linspace(0, 1, 16)
-    for probs, labels, name in ((val_before, y_val, "validation, T=1"), (val_after, y_val, "validation, calibrated"), (test_probs, y_test, "test, calibrated")):
+    for probs, labels, name in (
+        (val_before, y_val, "validation, T=1"),
+        (val_after, y_val, "validation, calibrated"),
+        (test_probs, y_test, "test, calibrated"),
+    ):
         index = torch.bucketize(probs, edges[1:-1])
         xs, ys = [], []
         for k in range(15):
@@ -75,13 +90,32 @@ def _plots(folder: Path, history: History, test_probs: torch.Tensor, y_test: tor
     for i in range(2):
         for j in range(2):
             ax.text(j, i, f"{confusion[i][j]:,}", ha="center", va="center", fontsize=12)
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["negative", "positive"], yticklabels=["negative", "positive"], xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["negative", "positive"],
+        yticklabels=["negative", "positive"],
+        xlabel="predicted",
+        ylabel="true",
+        title="Test confusion matrix",
+    )
     fig.tight_layout()
     fig.savefig(folder / "confusion_matrix.png", dpi=100)
     plt.close(fig)
 
 
-def write(path: Path, manifest: Manifest, history: History, checks: dict[str, float], test_probs: torch.Tensor, y_test: torch.Tensor, val_before: torch.Tensor, val_after: torch.Tensor, y_val: torch.Tensor, speed_ids: list[list[int]]) -> None:
+def write(
+    path: Path,
+    manifest: Manifest,
+    history: History,
+    checks: dict[str, float],
+    test_probs: torch.Tensor,
+    y_test: torch.Tensor,
+    val_before: torch.Tensor,
+    val_after: torch.Tensor,
+    y_val: torch.Tensor,
+    speed_ids: list[list[int]],
+) -> None:
     folder = path.parent
     test: dict[str, Any] = manifest.metrics["test"]
     speed = throughput(path, speed_ids)
@@ -101,32 +135,33 @@ def write(path: Path, manifest: Manifest, history: History, checks: dict[str, fl
     _plots(folder, history, test_probs, y_test, val_before, val_after, y_val, test["confusion"])
     cfg = manifest.training["config"]
     val = manifest.metrics["validation"]
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k in ("epochs", "seed", "limit") and v is not None)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "out" and str(v) != str(defaults[k]))
     (folder / "MODEL_CARD.md").write_text(f"""# Model card: {manifest.name} {manifest.version}
 
 A binary sentiment classifier for English movie-review-style text: word
 embeddings (word2vec pre-trained on IMDb train + unlabelled reviews) → one
-bidirectional LSTM layer ({cfg['hidden']} units per direction) → max + mean pooling →
-linear → sigmoid, with a temperature ({val['temperature']:.3f}) fitted on validation
+bidirectional LSTM layer ({cfg["hidden"]} units per direction) → max + mean pooling →
+linear → sigmoid, with a temperature ({val["temperature"]:.3f}) fitted on validation
 and folded into the file. Output: calibrated P(positive).
 
-## Figures (IMDb test set, {test['n']:,} reviews, evaluated once)
+## Figures (IMDb test set, {test["n"]:,} reviews, evaluated once)
 
 | metric | value |
 |---|---|
-| accuracy | **{test['accuracy']:.2%}** |
-| F1 (positive) | {test['f1']:.4f} |
-| ROC-AUC | {test['roc_auc']:.4f} |
-| ECE, 15 bins (calibrated / uncalibrated) | {test['ece_15']:.2%} / {test['ece_15_uncalibrated']:.2%} |
-| Brier (calibrated / uncalibrated) | {test['brier']:.4f} / {test['brier_uncalibrated']:.4f} |
-| validation accuracy (kept epoch {manifest.training['best_epoch']}) | {val['accuracy']:.2%} |
-| validation ECE before / after temperature | {val['val_ece_15_before']:.2%} / {val['val_ece_15_after']:.2%} |
-| parameters | {manifest.training['parameters']:,} |
+| accuracy | **{test["accuracy"]:.2%}** |
+| F1 (positive) | {test["f1"]:.4f} |
+| ROC-AUC | {test["roc_auc"]:.4f} |
+| ECE, 15 bins (calibrated / uncalibrated) | {test["ece_15"]:.2%} / {test["ece_15_uncalibrated"]:.2%} |
+| Brier (calibrated / uncalibrated) | {test["brier"]:.4f} / {test["brier_uncalibrated"]:.4f} |
+| validation accuracy (kept epoch {manifest.training["best_epoch"]}) | {val["accuracy"]:.2%} |
+| validation ECE before / after temperature | {val["val_ece_15_before"]:.2%} / {val["val_ece_15_after"]:.2%} |
+| parameters | {manifest.training["parameters"]:,} |
 | file size | {path.stat().st_size / 1e6:.1f} MB |
-| CPU throughput, batch 1 / batch 64 | {speed['batch_1_reviews_per_s']:.0f} / {speed['batch_64_reviews_per_s']:.0f} reviews/s |
-| training time (whole run / fitting) | {manifest.training['total_seconds'] / 60:.1f} min / {manifest.training['fit_seconds'] / 60:.1f} min on {manifest.training['hardware']} |
+| CPU throughput, batch 1 / batch 64 | {speed["batch_1_reviews_per_s"]:.0f} / {speed["batch_64_reviews_per_s"]:.0f} reviews/s |
+| training time (whole run / fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]} |
 
-Confusion matrix (rows true negative/positive, columns predicted): {test['confusion']}.
+Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
 
 ![learning curves](learning_curves.png) ![reliability](reliability.png) ![confusion matrix](confusion_matrix.png)
 
@@ -138,10 +173,10 @@ with the defaults of `training/config.py` (all recorded in `metrics.json` and in
 file's manifest): vocabulary of {manifest.vocab_size:,} tokens from train + unlabelled
 reviews, head+tail truncation to {manifest.max_length} tokens ({manifest.head_length} from the start),
 length-bucketed batches, Adam with a one-cycle schedule, gradient clipping at
-{cfg['clip_norm']}, dropout {cfg['dropout']}, early stopping on validation loss. Validation is
-{cfg['validation_fraction']:.0%} of the *training movies* (grouped by IMDb title id), so no film is on both
+{cfg["clip_norm"]}, dropout {cfg["dropout"]}, early stopping on validation loss. Validation is
+{cfg["validation_fraction"]:.0%} of the *training movies* (grouped by IMDb title id), so no film is on both
 sides; the test set was used once, after every choice. Data sha256: `{manifest.data_sha256}`.
-Git commit: `{manifest.git_commit or 'n/a'}`; created {manifest.created_at}.
+Git commit: `{manifest.git_commit or "n/a"}`; created {manifest.created_at}.
 
 Re-check the test figures from the shipped file:
 
@@ -149,9 +184,9 @@ Re-check the test figures from the shipped file:
 
 ## Export checks (run automatically)
 
-- scripted vs eager, max |Δp| on 256 validation reviews: {checks['parity_max_abs_diff']:.1e}
-- padding / batch-mate invariance, max |Δp|: {checks['padding_max_abs_diff']:.1e}
-- fresh process that imports only `contract/`: |Δp| {checks['fresh_process_abs_diff']:.1e}
+- scripted vs eager, max |Δp| on 256 validation reviews: {checks["parity_max_abs_diff"]:.1e}
+- padding / batch-mate invariance, max |Δp|: {checks["padding_max_abs_diff"]:.1e}
+- fresh process that imports only `contract/`: |Δp| {checks["fresh_process_abs_diff"]:.1e}
 
 ## Intended use and limits
 

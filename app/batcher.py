@@ -1,0 +1,234 @@
+"""A generic asyncio micro-batcher: merges concurrent submissions into batches for one worker thread.
+
+It knows nothing of HTTP or torch: it is given a blocking `process(payloads) ->
+results` function and runs it in a single dedicated thread, so whatever that
+function owns (a model, a device) is only ever touched by that thread and the
+event loop never blocks on it.
+
+Scheduling is continuous batching without added delay: when the worker is
+idle a lone item runs at once; while it is busy, new items accumulate and the
+next batch takes them. A batch holds items of one key only (say, plain vs
+explained predictions), at most `max_batch_size` of them and at most
+`max_batch_cost` padded cost (items x the costliest item). It always contains
+the oldest waiting item, so nothing starves, plus the waiting items closest
+to it in cost, so little is wasted on padding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """Admitting the submission would exceed `max_queue`: the caller should retry later."""
+
+
+class Closed(Exception):
+    """The batcher is draining or stopped and takes no new work."""
+
+
+class DeadlineExceeded(Exception):
+    """The submission was not served within its timeout; its still-waiting items were dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one batch looked like, for metrics."""
+
+    key: Hashable
+    size: int
+    padded_cost: int  # size x costliest item
+    waits: list[float]  # seconds each item spent queued
+
+
+@dataclass(slots=True, eq=False)
+class _Item(Generic[T, R]):
+    seq: int
+    payload: T
+    key: Hashable
+    cost: int
+    enqueued: float
+    future: asyncio.Future[R] = field(repr=False)
+
+
+class Batcher(Generic[T, R]):
+    """Bounded queue + one worker thread; `submit` returns results in input order."""
+
+    def __init__(
+        self,
+        process: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int,
+        max_batch_cost: int,
+        max_queue: int,
+        cost: Callable[[T], int] = lambda _: 1,
+        key: Callable[[T], Hashable] = lambda _: None,
+        observe: Callable[[BatchStats], None] | None = None,
+        thread_name: str = "batch-worker",
+    ) -> None:
+        if max_batch_size < 1 or max_batch_cost < 1 or max_queue < 1:
+            raise ValueError("max_batch_size, max_batch_cost and max_queue must be >= 1")
+        self._process = process
+        self._cost = cost
+        self._key = key
+        self._observe = observe
+        self.max_batch_size = max_batch_size
+        self.max_batch_cost = max_batch_cost
+        self.max_queue = max_queue
+        self._thread_name = thread_name
+        self._waiting: dict[int, _Item[T, R]] = {}  # insertion order = age
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting (not yet handed to the worker)."""
+        return len(self._waiting)
+
+    @property
+    def accepting(self) -> bool:
+        return self._task is not None and not self._closing
+
+    def start(self) -> None:
+        """Start the worker; call from the event loop that will submit."""
+        if self._task is not None:
+            raise RuntimeError("batcher already started")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+        self._task = asyncio.get_running_loop().create_task(self._work(), name=self._thread_name)
+
+    async def call(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run `fn(*args)` on the worker thread (e.g. a warm-up), outside any batch."""
+        if self._executor is None:
+            raise Closed("batcher is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def close(self) -> None:
+        """Stop accepting, finish every item already accepted, then stop the worker thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def check_room(self, n: int) -> None:
+        """Raise Closed or QueueFull now if `n` more items would be refused, so callers skip work bound to be wasted."""
+        if not self.accepting:
+            raise Closed("not accepting work (shutting down)")
+        if len(self._waiting) + n > self.max_queue:
+            raise QueueFull(f"queue holds {len(self._waiting)} of {self.max_queue} items; {n} more do not fit")
+
+    async def submit(self, payloads: Sequence[T], timeout: float | None = None) -> list[R]:
+        """Queue all payloads (all or none), wait for their results; input order is kept.
+
+        Raises QueueFull or Closed at once, DeadlineExceeded after `timeout`
+        seconds; on any failure or cancellation the items still waiting are
+        dropped so they cost neither queue space nor model time.
+        """
+        self.check_room(len(payloads))
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [_Item(next(self._seq), p, self._key(p), self._cost(p), now, loop.create_future()) for p in payloads]
+        for item in items:
+            self._waiting[item.seq] = item
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return list(await asyncio.gather(*(item.future for item in items)))
+        except TimeoutError:
+            self._drop(items)
+            raise DeadlineExceeded(f"not served within {timeout:.3f} s") from None
+        except BaseException:
+            self._drop(items)
+            raise
+
+    def _drop(self, items: list[_Item[T, R]]) -> None:
+        for item in items:
+            self._waiting.pop(item.seq, None)
+            item.future.cancel()  # a no-op when done; results of items already running are discarded
+
+    async def _work(self) -> None:
+        while True:
+            if not self._waiting:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take()
+            self._report(batch)
+            await self._run(batch)
+
+    def _report(self, batch: list[_Item[T, R]]) -> None:
+        if self._observe is None:
+            return
+        now = time.monotonic()
+        stats = BatchStats(batch[0].key, len(batch), len(batch) * max(i.cost for i in batch), [now - i.enqueued for i in batch])
+        try:
+            self._observe(stats)
+        except Exception:  # a metrics bug must never stop the worker
+            logger.exception("batch observer failed")
+
+    def _take(self) -> list[_Item[T, R]]:
+        """Remove and return the next batch: the oldest item plus its closest-cost neighbours of the same key."""
+        anchor = next(iter(self._waiting.values()))
+        same = [it for it in self._waiting.values() if it.key == anchor.key]
+        if len(same) <= self.max_batch_size and len(same) * max(it.cost for it in same) <= self.max_batch_cost:
+            chosen = same
+        elif self.max_batch_size == 1:
+            chosen = [anchor]
+        else:
+            same.sort(key=lambda it: (it.cost, it.seq))
+            lo = hi = same.index(anchor)
+            top = anchor.cost  # costliest item in same[lo : hi + 1]
+            while hi - lo + 1 < self.max_batch_size:
+                n = hi - lo + 1
+                # Padding each choice adds: a cheaper item pads up to `top`; a costlier one raises all n rows.
+                left_waste = top - same[lo - 1].cost if lo > 0 else None
+                right_waste = n * (same[hi + 1].cost - top) if hi + 1 < len(same) else None
+                right_better = right_waste is not None and (left_waste is None or right_waste < left_waste)
+                if right_better and (n + 1) * same[hi + 1].cost <= self.max_batch_cost:
+                    hi += 1
+                    top = same[hi].cost
+                    continue
+                if left_waste is not None and (n + 1) * top <= self.max_batch_cost:
+                    lo -= 1
+                    continue
+                break
+            chosen = same[lo : hi + 1]
+        for item in chosen:
+            del self._waiting[item.seq]
+        return chosen
+
+    async def _run(self, batch: list[_Item[T, R]]) -> None:
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._process, [it.payload for it in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"process returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:
+            if len(batch) > 1:  # isolate the culprit: one bad item must not fail its batch-mates
+                for item in batch:
+                    await self._run([item])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)

@@ -1,0 +1,91 @@
+"""Service settings: one pydantic-settings class read from `SENTIMENT_*` environment variables.
+
+Built in `create_app`/`cli`, never at import time, so tests can run apps with
+different settings side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MODEL_FILE = Path("models") / "sentiment.pt"
+
+
+def default_model_path() -> Path:
+    """`models/sentiment.pt` in the current directory if there, else next to the `app` package (the repo root).
+
+    The second case finds the shipped model whether the package is installed
+    editable or run from a checkout, without depending on where it is started.
+    """
+    local = Path.cwd() / MODEL_FILE
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parents[1] / MODEL_FILE
+
+
+class Settings(BaseSettings):
+    """Everything an operator may tune; each field says why it exists."""
+
+    model_config = SettingsConfigDict(env_prefix="SENTIMENT_", extra="ignore", frozen=True)
+
+    model_path: Path = Field(
+        default_factory=default_model_path,
+        description="Model file to serve; verified (sha256, format, normalizer version) before the service starts.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; `auto` picks CUDA when available.")
+    host: str = Field("0.0.0.0", description="Interface to listen on (`sentiment-serve --host` overrides).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (`sentiment-serve --port` overrides).")
+    max_batch_size: int = Field(64, ge=1, description="Most texts per forward pass; 1 turns batching off (the naive baseline).")
+    max_batch_tokens: int = Field(
+        64 * 400, ge=1, description="Most padded tokens (texts x longest text) per forward pass: bounds memory and latency per batch."
+    )
+    max_queue: int = Field(1024, ge=1, description="Most texts waiting for the model; beyond it requests get 503 + Retry-After at once.")
+    max_items_per_request: int = Field(
+        256, ge=1, description="Most texts in one request (422 beyond), so one client cannot fill the queue."
+    )
+    max_text_chars: int = Field(
+        100_000, ge=1, description="Most characters per text (422 beyond); longer token sequences are truncated head+tail."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Most bytes per request body (413 beyond), counted while streaming.")
+    request_timeout_ms: int = Field(
+        30_000, ge=0, description="Default deadline per request (504 past it; 0 = none); `X-Request-Timeout-Ms` may ask for less."
+    )
+    torch_threads: int = Field(0, ge=0, description="Intra-op CPU threads for torch; 0 keeps torch's default (one per core).")
+    api_key: SecretStr | None = Field(
+        None, description="If set, /predict and /v2/models/*/infer need `Authorization: Bearer <key>`; health, metrics, docs stay open."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty turns CORS off."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Most concurrent connections (503 beyond); with max_body_bytes it bounds memory held by request bodies."
+    )
+    shutdown_timeout_s: float = Field(
+        25.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish; keep below the orchestrator's grace period."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server log level (uvicorn and the app); `warning` keeps logs to problems."
+    )
+    access_log: bool = Field(False, description="Log every request (costs throughput; Prometheus metrics cover the counts).")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_key", mode="after")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _request_fits_queue(self) -> Settings:
+        if self.max_items_per_request > self.max_queue:
+            raise ValueError(f"max_items_per_request ({self.max_items_per_request}) must not exceed max_queue ({self.max_queue})")
+        return self

@@ -1,0 +1,159 @@
+"""Typed errors and their one mapping to HTTP status codes and JSON bodies.
+
+Every error answer, whoever raises it, goes through `error_response`:
+`{"error": {"type": ..., "message": ...}}`, except under /v2 where the Open
+Inference Protocol wants `{"error": "..."}`. Client mistakes are 4xx naming
+the problem; only genuine bugs are 500, and those never leak internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from app import batcher
+
+logger = logging.getLogger(__name__)
+
+OIP_PREFIX = "/v2"
+RETRY_AFTER_S = "1"
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    headers: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServiceError):
+    status, type = 422, "invalid_input"
+
+
+class MalformedBody(ServiceError):
+    status, type = 400, "malformed_body"
+
+
+class Unauthorized(ServiceError):
+    status, type = 401, "unauthorized"
+    headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class NotFound(ServiceError):
+    status, type = 404, "not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    status, type = 413, "payload_too_large"
+
+
+class Overloaded(ServiceError):
+    status, type = 503, "overloaded"
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_S}
+
+
+class ShuttingDown(ServiceError):
+    status, type = 503, "shutting_down"
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_S}
+
+
+class NotReady(ServiceError):
+    status, type = 503, "not_ready"
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_S}
+
+
+class Timeout(ServiceError):
+    status, type = 504, "deadline_exceeded"
+
+
+# The batcher knows nothing of HTTP; this is where its refusals get their status.
+BATCHER_ERRORS: dict[type[Exception], type[ServiceError]] = {
+    batcher.QueueFull: Overloaded,
+    batcher.Closed: ShuttingDown,
+    batcher.DeadlineExceeded: Timeout,
+}
+
+HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def error_response(path: str, status: int, type_: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The one error body format (OIP's plain string under /v2)."""
+    body: object = {"error": message} if path.startswith(OIP_PREFIX) else {"error": {"type": type_, "message": message}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _from_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    if exc.status in (503, 504) and (metrics := getattr(request.app.state, "metrics", None)) is not None:
+        metrics.rejected.labels(exc.type).inc()
+    return error_response(request.url.path, exc.status, exc.type, exc.message, exc.headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return _from_service_error(request, exc)
+
+
+async def _batcher_error(request: Request, exc: Exception) -> JSONResponse:
+    return _from_service_error(request, BATCHER_ERRORS[type(exc)](str(exc)))
+
+
+def _describe(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        e = next(e for e in errors if e.get("type") == "json_invalid")
+        detail = (e.get("ctx") or {}).get("error", "")
+        position = e.get("loc", ("body", "?"))[-1]
+        return error_response(
+            request.url.path, 400, MalformedBody.type, f"request body is not valid JSON: {detail} (at character {position})"
+        )
+    messages = [f"{_describe(tuple(e.get('loc', ())))}: {str(e.get('msg', 'invalid')).removeprefix('Value error, ')}" for e in errors[:10]]
+    content_type = request.headers.get("content-type", "")
+    if "json" not in content_type and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        messages.append(f"the body must be JSON sent with `Content-Type: application/json` (got {content_type or 'none'!r})")
+    return error_response(request.url.path, 422, InvalidInput.type, "; ".join(messages))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message, type_ = str(exc.detail), HTTP_TYPES.get(exc.status_code, "http_error")
+    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's body parsing wraps it in a vague 400
+        message, type_ = f"request body is not valid UTF-8 (byte {exc.__cause__.start})", MalformedBody.type
+    elif exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        message, type_ = f"request body could not be parsed: {exc.__cause__}", MalformedBody.type
+    return error_response(request.url.path, exc.status_code, type_, message, exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A genuine bug: log it with the request id, tell the client nothing internal."""
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    logger.error("unhandled error in %s %s (request id %s)", request.method, request.url.path, request_id, exc_info=exc)
+    response = error_response(request.url.path, 500, ServiceError.type, f"internal server error (request id {request_id})")
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def install(app: FastAPI) -> None:
+    """Register the mapping on an app."""
+    app.add_exception_handler(ServiceError, _service_error)
+    for exc_type in BATCHER_ERRORS:
+        app.add_exception_handler(exc_type, _batcher_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

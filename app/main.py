@@ -1,0 +1,161 @@
+"""The FastAPI app (`create_app`) and the `sentiment-serve` command (`cli`).
+
+Lifespan: load and verify the model, warm it up with the golden check, start
+the batcher's worker; on shutdown mark the service unready, finish every
+accepted text, then stop the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
+
+from app import errors
+from app.config import Settings
+from app.metrics import Metrics
+from app.middleware import RequestEnvelope
+from app.routes import demo, health, model, oip, predict
+from app.routes import metrics as metrics_route
+from app.runner import DeviceUnavailable, Runner, resolve_device
+from contract import artifact as artifact_io
+from contract.artifact import Artifact, ArtifactError
+
+logger = logging.getLogger("app")
+
+DESCRIPTION = """Sentiment (positive / negative) of English movie reviews, from an embedding + BiLSTM model.
+
+Concurrent requests are merged into shared forward passes. `POST /predict` is the native API;
+`/v2/...` implements the Open Inference Protocol v2 (KServe, Triton clients).
+Errors are JSON: `{"error": {"type", "message"}}` (`{"error": "..."}` under `/v2`)."""
+
+
+def create_app(settings: Settings | None = None, *, artifact: Artifact | None = None) -> FastAPI:
+    """An app serving `settings.model_path` (or an already loaded and verified `artifact`)."""
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.draining = False  # a restarted lifespan (tests) serves again
+        runner = await asyncio.to_thread(Runner.from_settings, settings, metrics, artifact)
+        await runner.start()
+        manifest = runner.artifact.manifest
+        metrics.track_queue(lambda: runner.batcher.depth)
+        metrics.model_info.labels(manifest.name, manifest.version, str(runner.device)).set(1)
+        app.state.runner = runner
+        if runner.golden_ok:
+            logger.info("serving %s %s on %s", manifest.name, manifest.version, runner.device)
+        else:
+            logger.error("model %s %s failed the golden check: /health/ready stays 503", manifest.name, manifest.version)
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            await runner.close()  # the server already waited for in-flight requests; this finishes any stragglers
+
+    app = FastAPI(title="Sentiment service", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.draining = False
+    app.state.runner = None
+    errors.install(app)
+    app.add_middleware(RequestEnvelope, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # added last = outermost, so even error answers carry CORS headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Request-Timeout-Ms"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    for module in (predict, health, model, metrics_route, oip, demo):
+        app.include_router(module.router)
+    return app
+
+
+def mark_draining(app: FastAPI) -> None:
+    """Readiness goes 503 from the moment a shutdown is asked for, before in-flight requests finish."""
+    app.state.draining = True
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, plus a hook that runs as soon as SIGTERM/SIGINT arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("sentiment-service")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"sentiment-serve: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """`sentiment-serve [--host H] [--port P]`; everything else from SENTIMENT_* variables."""
+    parser = argparse.ArgumentParser(
+        prog="sentiment-serve", description="Serve the sentiment model over HTTP. Other settings come from SENTIMENT_* variables."
+    )
+    parser.add_argument("--host", help="interface to listen on (default SENTIMENT_HOST or 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="TCP port (default SENTIMENT_PORT or 8000)")
+    args = parser.parse_args(argv)
+    # SIGTERM while loading exits at once; after a graceful shutdown uvicorn re-raises it: exit 0, not "killed".
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
+    try:
+        settings = Settings(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'SENTIMENT_' + '_'.join(map(str, e['loc'])).upper() if e['loc'] else 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(f"invalid settings: {problems}", 2)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    try:
+        artifact = artifact_io.load(settings.model_path, resolve_device(settings.device))
+    except (ArtifactError, DeviceUnavailable) as exc:
+        _fail(str(exc), 1)
+    app = create_app(settings, artifact=artifact)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # uvicorn takes seconds; float works
+        limit_concurrency=settings.max_connections,
+        server_header=False,
+    )
+    server = _Server(config, on_exit=lambda: mark_draining(app))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if not server.started:
+        raise SystemExit(3)  # start-up failed; uvicorn logged why
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,87 @@
+"""Prometheus collectors, on a registry per app so several apps (tests) can coexist in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+
+if TYPE_CHECKING:
+    from app.batcher import BatchStats
+    from app.runner import Job
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+FRACTION_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Metrics:
+    """Every collector the service exports; `render()` is the /metrics body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)  # RSS, CPU, open fds: memory must stay bounded under load
+        self.requests = Counter(
+            "sentiment_http_requests", "HTTP requests by route template and status.", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "sentiment_http_request_duration_seconds",
+            "HTTP request latency by route template and status.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_progress = Gauge("sentiment_http_requests_in_progress", "HTTP requests being served.", registry=r)
+        self.batch_size = Histogram("sentiment_batch_size", "Texts per forward pass.", ["kind"], buckets=SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            "sentiment_batch_tokens", "Padded tokens (texts x longest) per forward pass.", ["kind"], buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("sentiment_queue_depth", "Texts waiting for the model.", registry=r)
+        self.queue_wait = Histogram(
+            "sentiment_queue_wait_seconds", "Time a text waited in the queue before its batch started.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.forward_seconds = Histogram(
+            "sentiment_forward_seconds",
+            "Model forward (and backward, for explain) time per batch.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.texts = Counter("sentiment_texts", "Texts encoded.", registry=r)
+        self.truncated = Counter("sentiment_texts_truncated", "Texts longer than the model's max_length, cut head+tail.", registry=r)
+        self.tokens = Counter("sentiment_tokens", "Tokens kept for the model.", registry=r)
+        self.unknown_tokens = Counter(
+            "sentiment_unknown_tokens", "Kept tokens outside the vocabulary (OOV rate = this / tokens).", registry=r
+        )
+        self.oov_fraction = Histogram(
+            "sentiment_text_oov_fraction", "Per-text fraction of kept tokens outside the vocabulary.", buckets=FRACTION_BUCKETS, registry=r
+        )
+        self.rejected = Counter("sentiment_rejected", "Texts refused or dropped, by reason.", ["reason"], registry=r)
+        self.model_info = Gauge("sentiment_model_info", "The model being served (value 1).", ["name", "version", "device"], registry=r)
+
+    def track_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(depth)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        kind = "explain" if stats.key else "predict"
+        self.batch_size.labels(kind).observe(stats.size)
+        self.batch_tokens.labels(kind).observe(stats.padded_cost)
+        for wait in stats.waits:
+            self.queue_wait.observe(wait)
+
+    def observe_texts(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            kept = len(job.ids) if job.n_tokens else 0
+            self.texts.inc()
+            self.tokens.inc(kept)
+            if job.truncated:
+                self.truncated.inc()
+            if kept:
+                self.unknown_tokens.inc(job.n_unknown)
+                self.oov_fraction.observe(job.n_unknown / kept)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,110 @@
+"""The envelope around every HTTP request: request id, body size limit, per-route metrics.
+
+Pure ASGI rather than BaseHTTPMiddleware: it adds no task per request and can
+answer 413 before a body larger than the limit is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import PayloadTooLarge, error_response
+from app.metrics import Metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"[\w.:/+=@-]{1,128}")  # echoed into headers and logs: no spaces, no control chars
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+
+
+class RequestEnvelope:
+    """Echo or mint X-Request-ID, cap body bytes (Content-Length and streamed), count and time each request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500  # what a crash that escapes every handler amounts to
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        started = time.perf_counter()
+        self.metrics.in_progress.inc()
+        try:
+            if scope["method"] in _BODYLESS:
+                await self.app(scope, receive, send_with_id)
+            else:
+                body = await self._read_body(scope, receive, send_with_id, headers.get(b"content-length"))
+                if body is not None:
+                    await self.app(scope, _replay(body, receive), send_with_id)
+        finally:
+            self.metrics.in_progress.dec()
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"  # templates, not raw paths: bounded label cardinality
+            labels = (scope["method"], template, str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send, content_length: bytes | None) -> bytes | None:
+        """The whole body, or None once a 413/400 was sent (or the client left); never holds more than the limit."""
+        limit = self.max_body_bytes
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                await error_response(scope["path"], 400, "bad_request", "invalid Content-Length header")(scope, receive, send)
+                return None
+            if declared > limit:
+                await self._too_large(scope, receive, send, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+                return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(scope, receive, send, f"body exceeds the limit of {limit} bytes")
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    async def _too_large(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        response = error_response(scope["path"], PayloadTooLarge.status, PayloadTooLarge.type, message)
+        response.headers["Connection"] = "close"  # the rest of the body is never read
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then disconnects, as the server reports them
+
+    return replay

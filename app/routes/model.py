@@ -1,0 +1,34 @@
+"""GET /model: which model is serving, where from, and how good it was measured to be."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from app.dependencies import get_runner
+from app.runner import Runner
+from app.schemas import ModelInfo
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/model", response_model=ModelInfo)
+async def model_info(runner: Annotated[Runner, Depends(get_runner)]) -> ModelInfo:
+    manifest = runner.artifact.manifest
+    return ModelInfo(
+        name=manifest.name,
+        version=manifest.version,
+        labels=list(manifest.labels),
+        file_sha256=runner.artifact.file_sha256,
+        weights_sha256=manifest.weights_sha256,
+        vocab_sha256=manifest.vocab_sha256,
+        vocab_size=manifest.vocab_size,
+        max_length=manifest.max_length,
+        head_length=manifest.head_length,
+        normalizer_version=manifest.normalizer_version,
+        device=str(runner.device),
+        created_at=manifest.created_at,
+        git_commit=manifest.git_commit,
+        metrics=manifest.metrics,
+    )

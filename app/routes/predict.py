@@ -1,0 +1,70 @@
+"""POST /predict: classify one or many texts, optionally with token attributions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+
+from app.config import Settings
+from app.dependencies import get_runner, get_settings, request_timeout, require_api_key
+from app.runner import Prediction, Runner
+from app.schemas import (
+    PREDICT_EXAMPLES,
+    ErrorResponse,
+    Explanation,
+    PredictionOut,
+    PredictRequest,
+    PredictResponse,
+    TokenAttribution,
+    check_texts,
+)
+
+router = APIRouter(tags=["predict"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed JSON or invalid UTF-8.",
+        401: "Missing or wrong API key (only when one is configured).",
+        413: "Body over the size limit.",
+        422: "Invalid input, named in the message.",
+        503: "Queue full or shutting down; retry after `Retry-After` seconds.",
+        504: "Not served within the deadline.",
+    }.items()
+}
+
+
+def _out(prediction: Prediction) -> PredictionOut:
+    explanation = None
+    if prediction.explanation is not None:
+        explanation = Explanation(
+            tokens=[TokenAttribution(token=a.token, start=a.start, end=a.end, attribution=a.attribution) for a in prediction.explanation]
+        )
+    return PredictionOut(
+        label=prediction.label,
+        score=prediction.score,
+        p_positive=prediction.p_positive,
+        n_tokens=prediction.n_tokens,
+        truncated=prediction.truncated,
+        explanation=explanation,
+    )
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS, dependencies=[Depends(require_api_key)])
+async def predict(
+    body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
+    runner: Annotated[Runner, Depends(get_runner)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    timeout: Annotated[float | None, Depends(request_timeout)],
+) -> PredictResponse:
+    """Sentiment of each text, in input order. Concurrent requests share forward passes."""
+    texts = body.items
+    if body.text is not None:
+        field, item = "text", lambda _: "text"
+    else:
+        field, item = "texts", lambda i: f"texts.{i}"
+    check_texts(texts, field=field, item=item, max_items=settings.max_items_per_request, max_chars=settings.max_text_chars)
+    predictions = await runner.predict(texts, explain=body.explain, timeout=timeout)
+    manifest = runner.artifact.manifest
+    return PredictResponse(model=manifest.name, model_version=manifest.version, predictions=[_out(p) for p in predictions])

@@ -1,0 +1,240 @@
+"""Request and response bodies (with the examples /docs shows), for /predict, health, /model and OIP v2.
+
+Static rules (types, exactly one of text/texts, no blank text) live here;
+limits that depend on settings are checked by `check_texts`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+
+from app.errors import InvalidInput
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text must not be empty or whitespace only")
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+
+REVIEW = "A wonderful, moving film. I loved every minute of it!"
+
+
+def check_texts(texts: list[str], *, field: str, item: Callable[[int], str], max_items: int, max_chars: int) -> None:
+    """Settings-dependent limits -> 422 naming the offending field or item (`item(i)` names text i)."""
+    if len(texts) > max_items:
+        raise InvalidInput(f"{field}: {len(texts)} items, at most {max_items} per request")
+    for i, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise InvalidInput(f"{item(i)}: {len(text)} characters, at most {max_chars} per text")
+
+
+# ---------------------------------------------------------------- /predict
+
+
+class PredictRequest(BaseModel):
+    """Either one `text` or a list of `texts`; `explain` adds per-token attributions."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": REVIEW}, {"texts": [REVIEW, "Dull and boring."], "explain": False}]},
+    )
+
+    text: Text | None = Field(None, description="One text to classify.")
+    texts: list[Text] | None = Field(None, min_length=1, description="Several texts, answered in the same order.")
+    explain: StrictBool = Field(False, description="Also return gradient x input attributions per token (slower).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` or `texts`")
+        return self
+
+    @property
+    def items(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+PREDICT_EXAMPLES: dict[str, Any] = {
+    "one text": {"summary": "One text", "value": {"text": REVIEW}},
+    "batch": {"summary": "Several texts", "value": {"texts": [REVIEW, "Dull, boring and awful: a complete waste of time."]}},
+    "explain": {"summary": "With token attributions", "value": {"text": "Loved it, wonderful!", "explain": True}},
+}
+
+
+class TokenAttribution(BaseModel):
+    token: str = Field(description="The normalized token the model saw.")
+    start: int = Field(description="Start character offset in the original text.")
+    end: int = Field(description="End character offset (exclusive): text[start:end] is the token as sent.")
+    attribution: float = Field(description="Gradient x input on the logit; > 0 pushes towards positive.")
+
+
+class Explanation(BaseModel):
+    method: Literal["gradient_x_input"] = "gradient_x_input"
+    tokens: list[TokenAttribution]
+
+
+class PredictionOut(BaseModel):
+    label: str = Field(description="`positive` or `negative`.")
+    score: float = Field(description="Calibrated probability of `label`.")
+    p_positive: float = Field(description="Calibrated probability of `positive`.")
+    n_tokens: int = Field(description="Tokens in the text before truncation.")
+    truncated: bool = Field(description="True when the text was longer than the model reads (head + tail kept).")
+    explanation: Explanation | None = None
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "imdb-bilstm",
+                    "model_version": "1.0.0",
+                    "predictions": [
+                        {"label": "positive", "score": 0.97, "p_positive": 0.97, "n_tokens": 12, "truncated": False, "explanation": None}
+                    ],
+                }
+            ]
+        }
+    )
+
+    model: str
+    model_version: str
+    predictions: list[PredictionOut]
+
+
+# ---------------------------------------------------------------- errors, health, model
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Machine-readable kind, e.g. `invalid_input`, `overloaded`.")
+    message: str = Field(description="What was wrong, for humans.")
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"type": "invalid_input", "message": "texts.0: text must not be empty or whitespace only"}}]
+        }
+    )
+
+    error: ErrorDetail
+
+
+class HealthStatus(BaseModel):
+    status: Literal["alive", "ready"]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    labels: list[str]
+    file_sha256: str = Field(description="sha256 of the model file as loaded.")
+    weights_sha256: str = Field(description="sha256 of the weights, as recorded in the manifest and verified at load.")
+    vocab_sha256: str
+    vocab_size: int
+    max_length: int = Field(description="Tokens the model reads per text (head + tail).")
+    head_length: int
+    normalizer_version: str
+    device: str
+    created_at: str
+    git_commit: str
+    metrics: dict[str, Any]
+
+
+# ---------------------------------------------------------------- Open Inference Protocol v2
+
+
+class OipError(BaseModel):
+    error: str
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class InferInput(BaseModel):
+    name: StrictStr
+    shape: list[int]
+    datatype: StrictStr
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    name: StrictStr
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": "42", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": [REVIEW, "Dull."]}]}]
+        }
+    )
+
+    id: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[float]
+
+
+class InferResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_name": "imdb-bilstm",
+                    "model_version": "1.0.0",
+                    "id": "42",
+                    "outputs": [{"name": "p_positive", "shape": [2], "datatype": "FP32", "data": [0.97, 0.03]}],
+                }
+            ]
+        }
+    )
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferOutput]

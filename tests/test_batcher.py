@@ -1,0 +1,257 @@
+"""The micro-batcher on its own, with fake process functions (no torch, no HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Hashable, Sequence
+
+import pytest
+
+from app.batcher import Batcher, BatchStats, Closed, DeadlineExceeded, QueueFull
+
+pytestmark = pytest.mark.anyio
+
+
+class Worker:
+    """A process function that records its batches and can hold the worker on a gate."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+        self.threads: set[str] = set()
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(items))
+        if "block" in items:
+            assert self.gate.wait(10), "test gate never opened"
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"cannot process {self.fail_on!r}")
+        return [item.upper() for item in items]
+
+
+def make(worker: Worker, **kwargs: object) -> Batcher[str, str]:
+    options: dict[str, object] = {"max_batch_size": 8, "max_batch_cost": 10_000, "max_queue": 64, "cost": len}
+    options.update(kwargs)
+    return Batcher(worker, **options)  # type: ignore[arg-type]
+
+
+async def until(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.002)
+
+
+async def hold_worker(batcher: Batcher[str, str], worker: Worker) -> asyncio.Task[list[str]]:
+    """Occupy the worker with a 'block' item until worker.gate is set."""
+    worker.gate.clear()
+    task = asyncio.create_task(batcher.submit(["block"]))
+    await until(lambda: ["block"] in worker.batches)
+    return task
+
+
+async def test_a_lone_item_runs_at_once_on_one_dedicated_thread() -> None:
+    worker = Worker()
+    batcher = make(worker)
+    batcher.start()
+    started = time.monotonic()
+    assert await batcher.submit(["abc"]) == ["ABC"]
+    assert time.monotonic() - started < 1.0
+    assert await batcher.submit(["de", "f"]) == ["DE", "F"]
+    await batcher.close()
+    assert worker.batches == [["abc"], ["de", "f"]]
+    assert len(worker.threads) == 1 and threading.current_thread().name not in worker.threads
+
+
+async def test_concurrent_submissions_merge_while_the_worker_is_busy_and_keep_order() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=64)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    requests = [[f"r{i}a", f"r{i}b"] for i in range(10)]
+    tasks = [asyncio.create_task(batcher.submit(r)) for r in requests]
+    await until(lambda: batcher.depth == 20)
+    worker.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert results == [[t.upper() for t in r] for r in requests]
+    assert await blocker == ["BLOCK"]
+    assert len(worker.batches) == 2, "the 10 waiting requests share one batch"
+    await batcher.close()
+
+
+async def test_batches_respect_item_and_cost_limits() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=3, max_batch_cost=8)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    texts = ["aa", "bb", "cc", "dd", "eeee", "ffff", "g"]
+    task = asyncio.create_task(batcher.submit(texts))
+    await until(lambda: batcher.depth == len(texts))
+    worker.gate.set()
+    assert await task == [t.upper() for t in texts]
+    await blocker
+    for batch in worker.batches[1:]:
+        assert len(batch) <= 3
+        assert len(batch) * max(map(len, batch)) <= 8
+    assert sorted(t for b in worker.batches[1:] for t in b) == sorted(texts)
+    await batcher.close()
+
+
+async def test_a_batch_takes_the_oldest_item_and_its_closest_lengths() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=3)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    texts = ["x" * 5, "y" * 100, "z" * 6, "w" * 101, "v" * 7, "u" * 99]
+    tasks = [asyncio.create_task(batcher.submit([t])) for t in texts]
+    await until(lambda: batcher.depth == len(texts))
+    worker.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert [sorted(map(len, b)) for b in worker.batches[1:]] == [[5, 6, 7], [99, 100, 101]]
+    await batcher.close()
+
+
+async def test_items_with_different_keys_never_share_a_batch() -> None:
+    worker = Worker()
+    key_of: dict[str, Hashable] = {"block": "a", "p1": "a", "p2": "a", "e1": "b", "e2": "b"}
+    batcher = make(worker, key=key_of.__getitem__)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    tasks = [asyncio.create_task(batcher.submit([t])) for t in ("p1", "e1", "p2", "e2")]
+    await until(lambda: batcher.depth == 4)
+    worker.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert [sorted(b) for b in worker.batches[1:]] == [["p1", "p2"], ["e1", "e2"]]
+    await batcher.close()
+
+
+async def test_max_batch_size_one_turns_batching_off() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=1)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    tasks = [asyncio.create_task(batcher.submit([f"t{i}", f"u{i}"])) for i in range(4)]
+    await until(lambda: batcher.depth == 8)
+    worker.gate.set()
+    assert await asyncio.gather(*tasks) == [[f"T{i}", f"U{i}"] for i in range(4)]
+    await blocker
+    assert all(len(b) == 1 for b in worker.batches)
+    assert len(worker.batches) == 9
+    await batcher.close()
+
+
+async def test_a_full_queue_refuses_at_once_and_admits_all_or_nothing() -> None:
+    worker = Worker()
+    batcher = make(worker, max_queue=3)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    waiting = asyncio.create_task(batcher.submit(["a", "b"]))
+    await until(lambda: batcher.depth == 2)
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        await batcher.submit(["c", "d"])
+    assert time.monotonic() - started < 0.5
+    assert batcher.depth == 2, "a refused submission leaves nothing behind"
+    worker.gate.set()
+    assert await waiting == ["A", "B"]
+    await blocker
+    assert await batcher.submit(["c", "d"]) == ["C", "D"]
+    await batcher.close()
+
+
+async def test_a_deadline_drops_the_items_still_waiting() -> None:
+    worker = Worker()
+    batcher = make(worker)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(["late"], timeout=0.05)
+    assert batcher.depth == 0
+    worker.gate.set()
+    await blocker
+    await batcher.close()
+    assert all("late" not in b for b in worker.batches), "an expired item never reaches the model"
+
+
+async def test_a_cancelled_submission_frees_its_queue_space() -> None:
+    worker = Worker()
+    batcher = make(worker)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    task = asyncio.create_task(batcher.submit(["gone", "too"]))
+    await until(lambda: batcher.depth == 2)
+    task.cancel()  # what a client disconnect does to its request task
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert batcher.depth == 0
+    worker.gate.set()
+    await blocker
+    await batcher.close()
+    assert all("gone" not in b for b in worker.batches)
+
+
+async def test_one_bad_item_fails_alone() -> None:
+    worker = Worker(fail_on="bad")
+    batcher = make(worker)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    good = [asyncio.create_task(batcher.submit([f"ok{i}"])) for i in range(3)]
+    bad = asyncio.create_task(batcher.submit(["bad"]))
+    await until(lambda: batcher.depth == 4)
+    worker.gate.set()
+    assert await asyncio.gather(*good) == [["OK0"], ["OK1"], ["OK2"]]
+    with pytest.raises(ValueError, match="bad"):
+        await bad
+    await blocker
+    await batcher.close()
+
+
+async def test_close_finishes_every_accepted_item_then_refuses_new_ones() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=2)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    tasks = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(5)]
+    await until(lambda: batcher.depth == 5)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.01)
+    assert not batcher.accepting
+    with pytest.raises(Closed):
+        await batcher.submit(["new"])
+    worker.gate.set()
+    await closing
+    assert await asyncio.gather(*tasks) == [[f"T{i}"] for i in range(5)]
+    await blocker
+
+
+async def test_observer_sees_batch_size_padded_cost_and_waits() -> None:
+    seen: list[BatchStats] = []
+    worker = Worker()
+    batcher = make(worker, observe=seen.append)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    task = asyncio.create_task(batcher.submit(["a", "bbb"]))
+    await until(lambda: batcher.depth == 2)
+    await asyncio.sleep(0.02)
+    worker.gate.set()
+    await asyncio.gather(blocker, task)
+    await batcher.close()
+    last = seen[-1]
+    assert (last.size, last.padded_cost) == (2, 6)
+    assert len(last.waits) == 2 and min(last.waits) >= 0.02
+
+
+async def test_results_must_match_the_batch() -> None:
+    def broken(items: Sequence[str]) -> list[str]:
+        return []
+
+    batcher: Batcher[str, str] = Batcher(broken, max_batch_size=4, max_batch_cost=100, max_queue=4)
+    batcher.start()
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        await batcher.submit(["x"])
+    await batcher.close()

@@ -1,0 +1,171 @@
+"""The runner with the tiny real model: batching must not change results; explanations; encoding placement."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from app import runner as runner_module
+from app.metrics import Metrics
+from app.runner import GOLDEN, DeviceUnavailable, Runner, resolve_device
+from contract.artifact import Artifact
+from contract.text import normalize_token
+from tests.tiny_model import MAX_LENGTH
+
+TEXTS = [
+    "A wonderful, moving film. I loved every minute of it!",
+    "Dull, boring and awful: a complete waste of time.",
+    "great",
+    "the plot was a mess and the actors were terrible " * 6,  # longer than MAX_LENGTH tokens
+    "It is the best film of the year, brilliant & superb",
+    "<br /><br />",  # no tokens at all
+    "i hated it",
+]
+
+
+def test_batched_forward_equals_one_text_at_a_time(tiny_artifact: Artifact) -> None:
+    runner = Runner(tiny_artifact)
+    jobs = runner.encode(TEXTS)
+    together = [o.p_positive for o in runner.forward(jobs)]
+    alone = [runner.forward([job])[0].p_positive for job in jobs]
+    reversed_batch = [o.p_positive for o in runner.forward(jobs[::-1])][::-1]
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert reversed_batch == pytest.approx(alone, abs=1e-5)
+    assert all(0.0 <= p <= 1.0 for p in together)
+
+
+def test_encoding_flags_truncation_and_empty_texts(tiny_artifact: Artifact) -> None:
+    runner = Runner(tiny_artifact)
+    long_job, empty_job, short_job = runner.encode([TEXTS[3], TEXTS[5], TEXTS[2]])
+    assert long_job.truncated and long_job.n_tokens == 60 and len(long_job.ids) == MAX_LENGTH
+    assert not empty_job.truncated and empty_job.n_tokens == 0 and empty_job.ids == [1]  # [UNK]
+    assert not short_job.truncated and short_job.n_tokens == 1
+
+
+def test_explanations_align_with_the_original_text(tiny_artifact: Artifact) -> None:
+    runner = Runner(tiny_artifact)
+    jobs = runner.encode(TEXTS, explain=True)
+    outputs = runner.forward(jobs)
+    plain = runner.forward(runner.encode(TEXTS))
+    for text, job, output, p in zip(TEXTS, jobs, outputs, plain, strict=True):
+        assert output.p_positive == pytest.approx(p.p_positive, abs=1e-5)
+        prediction = runner._prediction(job, output)
+        assert prediction.explanation is not None
+        assert len(prediction.explanation) == (len(job.ids) if job.n_tokens else 0)
+        for item in prediction.explanation:
+            assert normalize_token(text[item.start : item.end]) == item.token
+    attributions = outputs[0].attributions
+    assert attributions is not None and any(a != 0.0 for a in attributions)
+
+
+def test_labels_and_scores_follow_the_manifest(tiny_artifact: Artifact) -> None:
+    runner = Runner(tiny_artifact)
+    jobs = runner.encode(TEXTS[:2])
+    positive, negative = (runner._prediction(j, o) for j, o in zip(jobs, runner.forward(jobs), strict=True))
+    assert (positive.label, negative.label) == ("positive", "negative")
+    assert positive.score == positive.p_positive > 0.5
+    assert negative.score == pytest.approx(1 - negative.p_positive) and negative.score > 0.5
+
+
+def test_start_runs_the_golden_check_and_close_stops_the_worker(tiny_artifact: Artifact) -> None:
+    async def run() -> None:
+        runner = Runner(tiny_artifact)
+        assert not runner.ready
+        await runner.start()
+        assert runner.golden_ok and runner.ready
+        await runner.close()
+        assert not runner.ready
+
+    asyncio.run(run())
+    assert len(GOLDEN) == 2 and {label for _, label in GOLDEN} == {0, 1}
+
+
+def test_concurrent_predicts_share_forward_passes(tiny_artifact: Artifact, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+    armed = threading.Event()  # ignore the warm-up's forward passes
+    forward = Runner.forward
+
+    def spy(self: Runner, jobs: list[runner_module.Job]) -> list[runner_module.Output]:
+        if armed.is_set():
+            calls.append(len(jobs))
+            gate.wait(10)
+        return forward(self, jobs)
+
+    monkeypatch.setattr(Runner, "forward", spy)
+
+    async def run() -> list[list[float]]:
+        runner = Runner(tiny_artifact, max_batch_size=64)
+        await runner.start()
+        armed.set()
+        tasks = [asyncio.create_task(runner.predict([TEXTS[0]]))]
+        while not calls:  # the first text runs alone...
+            await asyncio.sleep(0.002)
+        tasks += [asyncio.create_task(runner.predict([t])) for t in TEXTS[1:]]
+        while runner.batcher.depth < len(TEXTS) - 1:  # ...while the others queue up behind it
+            await asyncio.sleep(0.002)
+        gate.set()
+        results = [[p.p_positive for p in r] for r in await asyncio.gather(*tasks)]
+        await runner.close()
+        return results
+
+    results = asyncio.run(run())
+    armed.clear()
+    assert calls == [1, len(TEXTS) - 1]
+    alone = Runner(tiny_artifact)
+    expected = [alone.forward(alone.encode([t]))[0].p_positive for t in TEXTS]
+    assert [r[0] for r in results] == pytest.approx(expected, abs=1e-5)
+
+
+def test_small_requests_encode_inline_and_large_ones_off_the_loop(tiny_artifact: Artifact, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    encode = Runner.encode
+
+    def spy(self: Runner, texts: list[str], explain: bool = False) -> list[runner_module.Job]:
+        threads.append(threading.current_thread().name)
+        return encode(self, texts, explain)
+
+    monkeypatch.setattr(Runner, "encode", spy)
+
+    async def run() -> str:
+        runner = Runner(tiny_artifact)
+        await runner.start()
+        threads.clear()
+        loop_thread = threading.current_thread().name
+        await runner.predict(["great film"])
+        await runner.predict(["great film " * 1000])  # 11k characters
+        await runner.close()
+        return loop_thread
+
+    loop_thread = asyncio.run(run())
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread
+
+
+def test_metrics_count_texts_tokens_truncation_and_batches(tiny_artifact: Artifact) -> None:
+    metrics = Metrics()
+
+    async def run() -> None:
+        runner = Runner(tiny_artifact, metrics=metrics)
+        await runner.start()
+        await runner.predict([TEXTS[3], "zzzz qqqq great"])
+        await runner.close()
+
+    asyncio.run(run())
+    value = metrics.registry.get_sample_value
+    assert value("sentiment_texts_total") == 2
+    assert value("sentiment_texts_truncated_total") == 1
+    assert value("sentiment_tokens_total") == MAX_LENGTH + 3
+    assert value("sentiment_unknown_tokens_total") == 2 + 2  # "were" is not in the tiny vocabulary (twice in the kept head+tail)
+    assert value("sentiment_batch_size_count", {"kind": "predict"}) == 1
+    assert value("sentiment_forward_seconds_count", {"kind": "predict"}) >= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
