@@ -86,14 +86,7 @@ def shipped_case(imdb_test_reviews: list[str]) -> Case:
 
 CASES = [
     pytest.param("tiny_case", id="tiny-synthetic"),
-    pytest.param(
-        "shipped_case",
-        id="shipped-imdb",
-        marks=pytest.mark.skipif(
-            not SHIPPED_MODEL.is_file(),
-            reason="models/sentiment.pt is not shipped yet (training still running); remove this skip once it is committed",
-        ),
-    ),
+    pytest.param("shipped_case", id="shipped-imdb"),
 ]
 
 
