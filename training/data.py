@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.artifact import file_sha256
+
 OFFICIAL_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 OFFICIAL_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
 # The copy shipped on our machines (no .feat files): same reviews, other bytes.
@@ -48,17 +50,9 @@ class Dataset:
     sha256: str  # of the tarball, or "" for a folder
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download(dest: Path) -> Path:
     """Fetch the official tarball to `dest` unless a verified copy is already there."""
-    if dest.is_file() and sha256_file(dest) == OFFICIAL_SHA256:
+    if dest.is_file() and file_sha256(dest) == OFFICIAL_SHA256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
@@ -66,7 +60,7 @@ def download(dest: Path) -> Path:
         urllib.request.urlretrieve(OFFICIAL_URL, tmp)
     except OSError as exc:
         raise DataError(f"could not download {OFFICIAL_URL} ({exc}); pass --data PATH to a local aclImdb tarball or folder") from None
-    if (got := sha256_file(tmp)) != OFFICIAL_SHA256:
+    if (got := file_sha256(tmp)) != OFFICIAL_SHA256:
         tmp.unlink(missing_ok=True)
         raise DataError(f"downloaded file has sha256 {got}, expected {OFFICIAL_SHA256}; try again or pass --data")
     tmp.replace(dest)
@@ -133,7 +127,7 @@ def load(path: Path, validation_fraction: float = 0.1, seed: int = 0, limit: int
         validation=[r for r, h in zip(labelled, held, strict=True) if h],
         test=reviews("test", "pos") + reviews("test", "neg"),
         unsup=reviews("train", "unsup"),
-        sha256=sha256_file(path) if path.is_file() else "",
+        sha256=file_sha256(path) if path.is_file() else "",
     )
 
 
