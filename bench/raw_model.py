@@ -1,0 +1,134 @@
+"""The ceiling for any server: the shipped TorchScript artifact alone, on real IMDb test reviews, per batch size.
+
+    python -m bench.raw_model [--model models/sentiment.pt] [--threads N] [--seconds 3] [--batch-sizes 1,2,...]
+
+For each batch size it runs consecutive slices of a shuffled sample of test reviews (so lengths mix as they do
+when strangers' requests share a batch) for about `--seconds`, and reports ms per batch and reviews/s:
+- `model`: pad_batch + forward under inference_mode + .tolist() (what the server's model thread does);
+- `end_to_end`: the same plus tokenization and vocabulary lookup (what any server must do per text).
+Torch intra-op threads default to what the service uses when SENTIMENT_TORCH_THREADS is unset (torch's
+default, one per core); pass --threads to match a server started with SENTIMENT_TORCH_THREADS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench import common
+from contract import artifact as artifact_io
+from contract.vocab import pad_batch
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def measure(fn, batches: list, seconds: float, min_batches: int = 5) -> list[float]:
+    """Run fn over `batches` round-robin for ~seconds (at least min_batches); per-batch wall times in s."""
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while (time.perf_counter() < deadline or len(times) < min_batches) and len(times) < 100_000:
+        batch = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        fn(batch)
+        times.append(time.perf_counter() - t0)
+        i += 1
+    return times
+
+
+def summary(times: list[float], batch_size: int) -> dict[str, float]:
+    total = sum(times)
+    return {
+        "batches": len(times),
+        "ms_per_batch_median": 1000 * statistics.median(times),
+        "ms_per_batch_mean": 1000 * total / len(times),
+        "ms_per_batch_p95": 1000 * sorted(times)[int(0.95 * (len(times) - 1))],
+        "reviews_per_s": batch_size * len(times) / total,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=common.MODEL)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default, as the service)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per batch size and mode")
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    parser.add_argument("--texts", type=int, default=2000, help="sample of test reviews")
+    parser.add_argument("--out", default="raw_model", help="results name under bench/results/")
+    parser.add_argument("--force", action="store_true", help="run even while a training process is running")
+    args = parser.parse_args(argv)
+    common.refuse_if_busy(args.force)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    art = artifact_io.load(args.model)
+    module, encoder = art.module, art.encoder
+    texts = common.imdb_test_texts(args.texts)
+    ids = [encoder.encode(t).ids for t in texts]
+    print(f"model {art.manifest.name} {art.manifest.version}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads")
+    print(f"{len(texts)} IMDb test reviews, mean {statistics.mean(map(len, texts)):.0f} chars, "
+          f"mean {statistics.mean(map(len, ids)):.0f} ids (max_length {art.manifest.max_length})")
+
+    # Encoding cost alone (per text), to separate it from the model.
+    t0 = time.perf_counter()
+    for t in texts:
+        encoder.encode(t)
+    encode_ms = 1000 * (time.perf_counter() - t0) / len(texts)
+
+    def model_only(batch_ids: list[list[int]]) -> list[float]:
+        x, lengths = pad_batch(batch_ids)
+        with torch.inference_mode():
+            return module(x, lengths).tolist()
+
+    def end_to_end(batch_texts: list[str]) -> list[float]:
+        return model_only([encoder.encode(t).ids for t in batch_texts])
+
+    # Warm-up: the profiling executor specialises on its first calls.
+    for b in (1, 8, 64):
+        for _ in range(3):
+            model_only(ids[:b])
+
+    rows = []
+    print(f"\nencode (tokenize + vocab): {encode_ms:.3f} ms per review\n")
+    print(f"{'batch':>5} | {'model ms/batch':>14} {'reviews/s':>10} | {'e2e ms/batch':>12} {'reviews/s':>10}")
+    for b in [int(x) for x in args.batch_sizes.split(",")]:
+        n = len(texts) // b * b
+        id_batches = [ids[i : i + b] for i in range(0, n, b)]
+        text_batches = [texts[i : i + b] for i in range(0, n, b)]
+        m = summary(measure(model_only, id_batches, args.seconds), b)
+        e = summary(measure(end_to_end, text_batches, args.seconds), b)
+        rows.append({"batch_size": b, "model": m, "end_to_end": e})
+        print(
+            f"{b:>5} | {m['ms_per_batch_median']:>14.2f} {m['reviews_per_s']:>10.1f} | "
+            f"{e['ms_per_batch_median']:>12.2f} {e['reviews_per_s']:>10.1f}"
+        )
+
+    best_model = max(rows, key=lambda r: r["model"]["reviews_per_s"])
+    best_e2e = max(rows, key=lambda r: r["end_to_end"]["reviews_per_s"])
+    b1 = next((r for r in rows if r["batch_size"] == 1), None)
+    result = {
+        "machine": common.machine(),
+        "model": {"name": art.manifest.name, "version": art.manifest.version, "file_sha256": art.file_sha256},
+        "torch_threads": torch.get_num_threads(),
+        "texts": len(texts),
+        "mean_chars": statistics.mean(map(len, texts)),
+        "mean_ids": statistics.mean(map(len, ids)),
+        "encode_ms_per_review": encode_ms,
+        "rows": rows,
+        "best_model": {"batch_size": best_model["batch_size"], "reviews_per_s": best_model["model"]["reviews_per_s"]},
+        "best_end_to_end": {"batch_size": best_e2e["batch_size"], "reviews_per_s": best_e2e["end_to_end"]["reviews_per_s"]},
+        "batch1_ms": {"model": b1["model"]["ms_per_batch_median"], "end_to_end": b1["end_to_end"]["ms_per_batch_median"]} if b1 else None,
+    }
+    if b1:
+        gain = best_e2e["end_to_end"]["reviews_per_s"] / b1["end_to_end"]["reviews_per_s"]
+        print(f"\nbest: model {result['best_model']}, end-to-end {result['best_end_to_end']}; batching gain {gain:.2f}x")
+    print(f"wrote {common.save(args.out, result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The real service under load vs the naive baseline (batching off) vs TorchServe, plus the raw ceiling, in one run.
+
+    python -m bench.serve [--clients 1,8,64,256] [--seconds 12] [--threads 0] [--targets service,naive,torchserve]
+
+1. Raw ceiling: bench.raw_model on the same texts with the same torch threads (a short pass, same process).
+2. For each target, start it fresh on 127.0.0.1 (cold start = spawn -> first ready answer), check it answers what the
+   raw model answers, warm it up (3 s at 64 clients), then drive it with wrk (closed loop: N connections, one
+   single-text request of a real IMDb test review in flight each) for --seconds per concurrency.
+   - service: `sentiment-serve` with defaults (SENTIMENT_MAX_BATCH_SIZE=64);
+   - naive:   the same with SENTIMENT_MAX_BATCH_SIZE=1 (one forward per text, no batching);
+   - torchserve: bench/torchserve (batchSize 64, maxBatchDelay 5 ms, 1 worker), if its venv exists.
+3. Per point: throughput, p50/p95/p99 latency (wrk), errors, mean batch size and model-thread busy fraction
+   (/metrics deltas; TorchServe: the handler's own counters), CPU seconds of server and client from /proc.
+
+The client competes with the server for the 2 cores: its CPU (wrk's utime+stime from /proc/<pid>/stat, read after it
+exits and before it is reaped) is reported per point as cores used, next to the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench import common, raw_model
+from bench.torchserve import ts
+from contract import artifact as artifact_io
+from contract.vocab import pad_batch
+
+
+def expected_probs(model: Path, texts: list[str]) -> list[float]:
+    art = artifact_io.load(model)
+    out = []
+    for t in texts:  # one at a time: the reference does not depend on batching
+        x, lengths = pad_batch([art.encoder.encode(t).ids])
+        with torch.inference_mode():
+            out.append(float(art.module(x, lengths)[0]))
+    return out
+
+
+def check_answers(url: str, texts: list[str], expected: list[float]) -> float:
+    """Largest |served - raw| over `texts`; raises if a request fails."""
+    worst = 0.0
+    for text, p in zip(texts, expected, strict=True):
+        status, _, body = common.post_json(url, {"text": text})
+        if status != 200:
+            raise RuntimeError(f"POST {url} -> {status}: {body}")
+        served = body["predictions"][0]["p_positive"] if "predictions" in body else body["p_positive"]
+        worst = max(worst, abs(served - p))
+    return worst
+
+
+def counters(target: str, server: common.Server) -> dict[str, float]:
+    if target == "torchserve":
+        stats = Path(str(server.extra["stats"]))
+        raw = json.loads(stats.read_text()) if stats.is_file() else {}
+        return {"ts_batches": raw.get("batches", 0), "ts_texts": raw.get("texts", 0)}
+    return common.scrape(f"{server.base}/metrics")
+
+
+def drain(target: str, server: common.Server, timeout: float = 60.0) -> None:
+    """Wait until the server has finished what a stopped wrk left behind, so it is not counted in the next point."""
+    if target == "torchserve":
+        last, deadline = None, time.monotonic() + timeout
+        while time.monotonic() < deadline:  # the handler's counter stops moving
+            now = counters(target, server)
+            if now == last:
+                return
+            last = now
+            time.sleep(0.5)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = common.scrape(f"{server.base}/metrics")
+        if m.get("sentiment_queue_depth", 0) == 0 and m.get("sentiment_http_requests_in_progress", 0) <= 1:  # 1 = this scrape
+            return
+        time.sleep(0.2)
+
+
+def point_stats(target: str, before: dict[str, float], after: dict[str, float], duration: float) -> dict[str, object]:
+    if target == "torchserve":
+        batches = after["ts_batches"] - before["ts_batches"]
+        texts = after["ts_texts"] - before["ts_texts"]
+        return {"batches": batches, "mean_batch_size": texts / batches if batches else None}
+    return common.batch_stats(before, after, duration)
+
+
+def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_texts: list[str], expected: list[float]) -> dict:
+    threads = str(args.threads) if args.threads else ""
+    t_spawn = time.time()
+    if target == "torchserve":
+        server = ts.start(args.ts_venv, args.model, batch_size=64, max_batch_delay_ms=args.ts_delay_ms, torch_threads=args.threads or 0)
+        url = f"{server.base}{server.extra['path']}"
+        pid_cpu, pid_rss = common.tree_cpu_seconds, common.tree_rss_mb
+    else:
+        env = {"SENTIMENT_MODEL_PATH": str(args.model), "SENTIMENT_MAX_BATCH_SIZE": "1" if target == "naive" else "64"}
+        if threads:
+            env["SENTIMENT_TORCH_THREADS"] = threads
+        module = None
+        if target.startswith("workers"):  # experiment: N model threads x 1 torch thread (bench/patched_workers.py)
+            workers, _, max_batch = target.removeprefix("workers").partition("-b")  # e.g. workers2 or workers2-b1
+            env.update({"BENCH_MODEL_WORKERS": workers, "SENTIMENT_TORCH_THREADS": "1", "SENTIMENT_MAX_BATCH_SIZE": max_batch or "64"})
+            module = "bench.patched_workers"
+        server = common.start_service(env, name=target, module=module)
+        url = f"{server.base}/predict"
+        pid_cpu, pid_rss = common.cpu_seconds, lambda pid: common.rss_mb(pid)[0]
+    result: dict[str, object] = {"target": target, "ready_s": server.ready_s, "started_at": t_spawn}
+    try:
+        result["rss_ready_mb"] = pid_rss(server.pid)
+        result["max_abs_diff_vs_raw"] = check_answers(url, check_texts, expected)
+        common.run_wrk(url, bodies, 64, args.warmup)  # warm-up: allocator, profiling executor, connection pools
+        points = []
+        for c in args.clients:
+            drain(target, server)
+            before, cpu0, t0 = counters(target, server), pid_cpu(server.pid), time.perf_counter()
+            w = common.run_wrk(url, bodies, c, args.seconds)
+            wall = time.perf_counter() - t0
+            after, cpu1 = counters(target, server), pid_cpu(server.pid)
+            duration = w["duration_us"] / 1e6
+            lat = w["latency_us"]
+            errors = sum(w["errors"].values())
+            point = {
+                "clients": c,
+                "requests": w["requests"],
+                "duration_s": duration,
+                "throughput": w["requests"] / duration,
+                "p50_ms": lat["p50"] / 1000,
+                "p95_ms": lat["p95"] / 1000,
+                "p99_ms": lat["p99"] / 1000,
+                "max_ms": lat["max"] / 1000,
+                "errors": w["errors"],
+                "server_cores": (cpu1 - cpu0) / wall,
+                "client_cores": w["client_cores"],
+                "rss_mb": pid_rss(server.pid),
+                **point_stats(target, before, after, wall),
+            }
+            points.append(point)
+            mb = point.get("mean_batch_size")
+            print(
+                f"  {target:>10} c={c:<4} {point['throughput']:8.1f} req/s  p50 {point['p50_ms']:8.2f}  p95 {point['p95_ms']:8.2f}  "
+                f"p99 {point['p99_ms']:8.2f} ms  batch {mb if mb is None else round(mb, 1)}  errors {errors}  "
+                f"cpu server {point['server_cores']:.2f} client {point['client_cores']:.2f} cores",
+                flush=True,
+            )
+        result["points"] = points
+        drain(target, server)
+        time.sleep(2)
+        result["rss_idle_after_mb"] = pid_rss(server.pid)
+        if target != "torchserve":
+            result["rss_peak_mb"] = common.rss_mb(server.pid)[1]
+    finally:
+        t_stop = time.perf_counter()
+        if target == "torchserve":
+            ts.stop(server)
+            result["exit_code"] = server.proc.returncode
+        else:
+            result["exit_code"] = server.stop()
+        result["stop_s"] = time.perf_counter() - t_stop
+    return result
+
+
+def ratios(raw: dict, targets: dict[str, dict]) -> dict[str, object]:
+    def at(target: str, c: int, key: str) -> float | None:
+        for p in targets.get(target, {}).get("points", []):
+            if p["clients"] == c:
+                return p[key]
+        return None
+
+    out: dict[str, object] = {}
+    clients = [p["clients"] for p in targets.get("service", {}).get("points", [])]
+    raw_e2e = raw["best_end_to_end"]["reviews_per_s"]
+    raw_model_best = raw["best_model"]["reviews_per_s"]
+    raw64 = next((r["end_to_end"]["reviews_per_s"] for r in raw["rows"] if r["batch_size"] == 64), None)
+    per_c = {}
+    for c in clients:
+        s = at("service", c, "throughput")
+        row: dict[str, float | None] = {
+            "service_over_raw_best_e2e": s / raw_e2e if s else None,
+            "service_over_raw_best_model": s / raw_model_best if s else None,
+            "service_over_raw_e2e_batch64": s / raw64 if s and raw64 else None,
+        }
+        if (n := at("naive", c, "throughput")) and s:
+            row["service_over_naive"] = s / n
+        if (t := at("torchserve", c, "throughput")) and s:
+            row["service_over_torchserve"] = s / t
+            row["p99_service_over_torchserve"] = at("service", c, "p99_ms") / at("torchserve", c, "p99_ms")
+        per_c[str(c)] = row
+    out["per_clients"] = per_c
+    if raw.get("batch1_ms") and (p50 := at("service", 1, "p50_ms")) is not None:
+        out["p50_1_client_ms"] = p50
+        out["raw_batch1_e2e_ms"] = raw["batch1_ms"]["end_to_end"]
+        out["p50_1_client_minus_raw_batch1_ms"] = p50 - raw["batch1_ms"]["end_to_end"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=common.MODEL)
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 64, 256])
+    parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per concurrency")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads everywhere (0 = the service's default: torch's)")
+    parser.add_argument("--targets", default="service,naive,torchserve")
+    parser.add_argument("--ts-venv", type=Path, default=Path("/tmp/ts-venv"))
+    parser.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe maxBatchDelay")
+    parser.add_argument("--raw-seconds", type=float, default=2.0)
+    parser.add_argument("--out", default="serve")
+    parser.add_argument("--force", action="store_true", help="run even while a training process is running")
+    args = parser.parse_args(argv)
+    common.refuse_if_busy(args.force)
+
+    texts = common.imdb_test_texts()
+    bodies = common.write_bodies(texts, common.RESULTS / "bodies.jsonl")
+    check = texts[:8]
+    expected = expected_probs(args.model, check)
+
+    print("== raw model (same run, same texts, same threads)")
+    raw_argv = ["--model", str(args.model), "--seconds", str(args.raw_seconds), "--batch-sizes", "1,8,16,32,64,128"]
+    raw_argv += ["--out", f"{args.out}_raw"]
+    raw = raw_model.main([*raw_argv, "--threads", str(args.threads), "--force"])
+
+    targets: dict[str, dict] = {}
+    for target in args.targets.split(","):
+        if target == "torchserve" and not (args.ts_venv / "bin" / "torchserve").is_file():
+            targets[target] = {"target": target, "error": f"no TorchServe at {args.ts_venv}; see bench/torchserve/ts.py"}
+            print(f"== {target}: skipped ({targets[target]['error']})")
+            continue
+        print(f"== {target}", flush=True)
+        try:
+            targets[target] = bench_target(target, args, bodies, check, expected)
+        except Exception as exc:  # one target failing must not lose the others' figures
+            targets[target] = {"target": target, "error": f"{type(exc).__name__}: {exc}"[:4000]}
+            print(f"  FAILED: {targets[target]['error']}")
+        else:
+            t = targets[target]
+            print(
+                f"  ready {t['ready_s']:.2f} s; RSS ready {t['rss_ready_mb']:.0f} MiB, idle after load {t['rss_idle_after_mb']:.0f} MiB"
+                + (f", peak {t['rss_peak_mb']:.0f} MiB" if "rss_peak_mb" in t else "")
+                + f"; |served - raw| <= {t['max_abs_diff_vs_raw']:.2e}; exit {t['exit_code']} after {t['stop_s']:.1f} s"
+            )
+
+    result = {
+        "machine": common.machine(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "torch_threads": raw["torch_threads"],
+        "raw": {
+            k: raw[k] for k in ("best_model", "best_end_to_end", "batch1_ms", "rows", "encode_ms_per_review", "mean_chars", "mean_ids")
+        },
+        "targets": targets,
+    }
+    result["ratios"] = ratios(raw, targets)
+    print("\n== ratios")
+    print(json.dumps(result["ratios"], indent=2))
+    print(f"wrote {common.save(args.out, result)}")
+    try:
+        from bench import plots
+
+        plots.main([args.out] if args.out == "serve" else [args.out, str(common.RESULTS)])
+    except Exception as exc:
+        print(f"plots failed: {exc}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

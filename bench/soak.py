@@ -1,0 +1,134 @@
+"""Soak: the service at ~70 % of its capacity for a bounded time; 0 errors and RSS growth < 5 % expected.
+
+    python -m bench.soak [--seconds 600] [--load 0.7] [--capacity REQ_PER_S]
+
+Capacity (single-text requests/s) comes from --capacity, else the best service point of bench/results/serve.json,
+else a 5 s wrk probe at 64 clients. Load is open loop (Poisson arrivals, so queueing is real, not self-throttled)
+from the asyncio client in bench/loadgen.py, with single-text requests of real IMDb test reviews.
+RSS is sampled from /proc every few seconds; growth is measured from the sample at 10 % of the run (after
+allocator and connection warm-up) to the end, and also reported from ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+
+from bench import common, loadgen
+
+
+def capacity_from_results() -> float | None:
+    serve = common.load_result("serve")
+    points = (serve or {}).get("targets", {}).get("service", {}).get("points") or []
+    return max((p["throughput"] for p in points), default=None)
+
+
+def probe_capacity(server: common.Server, bodies) -> float:
+    w = common.run_wrk(f"{server.base}/predict", bodies, 64, 5)
+    return w["requests"] / (w["duration_us"] / 1e6)
+
+
+async def soak(server: common.Server, requests: list[bytes], rate: float, seconds: float, sample_every: float) -> dict:
+    samples: list[dict] = []
+    port = int(server.base.rsplit(":", 1)[1])
+    t0 = time.monotonic()
+    self_cpu0 = common.cpu_seconds(os.getpid())
+    srv_cpu0 = common.cpu_seconds(server.pid)
+
+    async def sampler() -> None:
+        while True:
+            rss, hwm = common.rss_mb(server.pid)
+            samples.append({"t": time.monotonic() - t0, "rss_mb": rss, "hwm_mb": hwm})
+            await asyncio.sleep(sample_every)
+
+    task = asyncio.create_task(sampler())
+    run = await loadgen.open_loop("127.0.0.1", port, requests, rate, seconds, max_in_flight=512)
+    task.cancel()
+    rss, hwm = common.rss_mb(server.pid)
+    samples.append({"t": time.monotonic() - t0, "rss_mb": rss, "hwm_mb": hwm})
+    wall = time.monotonic() - t0
+    # Per-minute-ish windows of p99, to see drift.
+    windows = []
+    step = max(10.0, seconds / 10)
+    for k in range(int(seconds // step) + 1):
+        lo, hi = run.started + k * step, run.started + (k + 1) * step
+        lat = sorted(r.latency for r in run.results if lo <= r.started_at < hi and r.outcome == "ok" and r.status == 200)
+        if lat:
+            windows.append({"from_s": k * step, "n": len(lat), **(loadgen.percentiles(lat) or {})})
+    return {
+        "summary": run.summary(),
+        "late_arrivals": getattr(run, "late", 0),
+        "samples": samples,
+        "windows": windows,
+        "client_cores": (common.cpu_seconds(os.getpid()) - self_cpu0) / wall,
+        "server_cores": (common.cpu_seconds(server.pid) - srv_cpu0) / wall,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=600.0)
+    parser.add_argument("--load", type=float, default=0.7, help="fraction of capacity")
+    parser.add_argument("--capacity", type=float, help="single-text requests/s the service sustains")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--model", default=str(common.MODEL))
+    parser.add_argument("--out", default="soak")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    common.refuse_if_busy(args.force)
+    texts = common.imdb_test_texts()
+    bodies = common.write_bodies(texts, common.RESULTS / "bodies.jsonl")
+    requests = loadgen.predict_requests(texts)
+    env = {"SENTIMENT_MODEL_PATH": args.model, **({"SENTIMENT_TORCH_THREADS": str(args.threads)} if args.threads else {})}
+    server = common.start_service(env, name="soak")
+    try:
+        rss_ready = common.rss_mb(server.pid)[0]
+        capacity = args.capacity or capacity_from_results() or probe_capacity(server, bodies)
+        rate = args.load * capacity
+        print(f"capacity {capacity:.0f} req/s -> soak at {rate:.0f} req/s for {args.seconds:.0f} s (RSS at ready {rss_ready:.0f} MiB)")
+        result = asyncio.run(soak(server, requests, rate, args.seconds, sample_every=max(1.0, args.seconds / 120)))
+        healthy = common.http("GET", f"{server.base}/health/ready")[0] == 200
+    finally:
+        exit_code = server.stop()
+    samples = result["samples"]
+    base = next(s for s in samples if s["t"] >= 0.1 * args.seconds)
+    end = samples[-1]
+    s = result["summary"]
+    errors = s["requests"] - s["statuses"].get("200", 0)
+    result.update(
+        {
+            "machine": common.machine(),
+            "capacity_req_s": capacity,
+            "rate_req_s": rate,
+            "seconds": args.seconds,
+            "rss_ready_mb": rss_ready,
+            "rss_base_mb": base["rss_mb"],
+            "rss_end_mb": end["rss_mb"],
+            "rss_peak_mb": end["hwm_mb"],
+            "rss_growth_pct": 100 * (end["rss_mb"] - base["rss_mb"]) / base["rss_mb"],
+            "rss_growth_from_ready_pct": 100 * (end["rss_mb"] - rss_ready) / rss_ready,
+            "errors": errors,
+            "healthy_after": healthy,
+            "exit_code": exit_code,
+        }
+    )
+    print(
+        f"{s['requests']} requests in {s['duration_s']:.0f} s ({s['ok_per_s']:.0f}/s ok), "
+        f"outcomes {s['outcomes']}, statuses {s['statuses']}\n"
+        f"latency 200: {s['latency_200_ms']}\n"
+        f"errors {errors}; RSS {result['rss_base_mb']:.0f} -> {result['rss_end_mb']:.0f} MiB "
+        f"(growth {result['rss_growth_pct']:+.2f} % from t={base['t']:.0f} s; {result['rss_growth_from_ready_pct']:+.2f} % from ready), "
+        f"peak {result['rss_peak_mb']:.0f} MiB; client {result['client_cores']:.2f} cores, server {result['server_cores']:.2f} cores; "
+        f"healthy after: {healthy}; exit {exit_code}"
+    )
+    verdict = errors == 0 and result["rss_growth_pct"] < 5 and healthy
+    result["pass"] = verdict
+    print("PASS" if verdict else "FAIL")
+    print(f"wrote {common.save(args.out, result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
