@@ -50,7 +50,20 @@ class Connection:
                 await self.writer.wait_closed()
         self.reader = self.writer = None
 
-    async def request(self, raw: bytes, timeout: float, keep_body: bool = False) -> Result:
+    async def request(self, raw: bytes, timeout: float, keep_body: bool = False, retry_stale: bool = False) -> Result:
+        """Send `raw`, read the answer. With retry_stale, a request on a *reused* keep-alive connection that got
+        zero response bytes is retried once on a fresh connection (the server closed the idle connection as we
+        wrote: the standard client-side retry; it never hides a partial or late answer)."""
+        reused = self.writer is not None
+        result = await self._request(raw, timeout, keep_body)
+        if retry_stale and reused and result.outcome in ("no_response", "unsent"):
+            retry = await self._request(raw, timeout, keep_body)
+            retry.started_at = result.started_at
+            retry.latency += result.latency
+            return retry
+        return result
+
+    async def _request(self, raw: bytes, timeout: float, keep_body: bool = False) -> Result:
         started = time.monotonic()
         if self.writer is None:
             try:
@@ -189,6 +202,7 @@ async def open_loop(
     timeout: float = 30.0,
     seed: int = 0,
     on_result: Callable[[Result], None] | None = None,
+    retry_stale: bool = True,
 ) -> Run:
     """Poisson arrivals at `rate` req/s for `duration` s; idle keep-alive connections are reused, new ones opened
     up to `max_in_flight` (arrivals beyond that wait for one: counted in `late`)."""
@@ -202,7 +216,7 @@ async def open_loop(
     async def one(raw: bytes) -> None:
         conn = idle.pop() if idle else Connection(host, port)
         try:
-            r = await conn.request(raw, timeout)
+            r = await conn.request(raw, timeout, retry_stale=retry_stale)
             run.results.append(r)
             if on_result:
                 on_result(r)
@@ -214,16 +228,25 @@ async def open_loop(
     t = run.started
     i = 0
     end = run.started + duration
+    hard_end = end + max(5.0, 0.1 * duration)  # wall-clock bound even when the server falls behind
+    unsent = 0
     while True:
         t += rng.expovariate(rate)
         if t >= end:
             break
         now = time.monotonic()
+        if now > hard_end:
+            unsent += 1  # the client fell behind its schedule (server saturated): counted, never sent
+            continue
         if t > now:
             await asyncio.sleep(t - now)
         if sem.locked():
             late += 1
-        await sem.acquire()
+        try:
+            await asyncio.wait_for(sem.acquire(), max(0.001, hard_end - time.monotonic()))
+        except TimeoutError:
+            unsent += 1
+            continue
         task = asyncio.create_task(one(requests[i % len(requests)]))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -234,4 +257,5 @@ async def open_loop(
         await conn.close()
     run.ended = time.monotonic()
     run.late = late  # type: ignore[attr-defined]
+    run.unsent = unsent  # type: ignore[attr-defined]
     return run
