@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--force", action="store_true", help="run even while a training process is running")
     args = parser.parse_args(argv)
     common.refuse_if_busy(args.force)
+    machine = common.machine()  # before the load: its load average says how quiet the machine was
 
     texts = common.imdb_test_texts()
     bodies = common.write_bodies(texts, common.RESULTS / "bodies.jsonl")
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
 
     result = {
-        "machine": common.machine(),
+        "machine": machine,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "torch_threads": raw["torch_threads"],
         "raw": {
