@@ -1,17 +1,19 @@
-"""A generic asyncio micro-batcher: merges concurrent submissions into batches for one worker thread.
+"""A generic asyncio micro-batcher: merges concurrent submissions into batches for a few worker threads.
 
 It knows nothing of HTTP or torch: it is given a blocking `process(payloads) ->
-results` function and runs it in a single dedicated thread, so whatever that
-function owns (a model, a device) is only ever touched by that thread and the
-event loop never blocks on it.
+results` function and runs it on `workers` dedicated threads (one by default),
+so the event loop never blocks on it and at most `workers` batches run at once.
 
-Scheduling is continuous batching without added delay: when the worker is
-idle a lone item runs at once; while it is busy, new items accumulate and the
-next batch takes them. A batch holds items of one key only (say, plain vs
-explained predictions), at most `max_batch_size` of them and at most
-`max_batch_cost` padded cost (items x the costliest item). It always contains
-the oldest waiting item, so nothing starves, plus the waiting items closest
-to it in cost, so little is wasted on padding.
+Scheduling is continuous batching without added delay: when a worker is idle
+a lone item runs at once; while all are busy, new items accumulate and the
+next free worker takes them. What is waiting is split evenly over the free
+workers: on a CPU, two batches of 16 on one core each beat one batch of 32 on
+two cores, because the model gains little from batch size (docs/benchmarks.md).
+A batch holds items of one key only (say, plain vs explained predictions), at
+most `max_batch_size` of them and at most `max_batch_cost` padded cost (items x
+the costliest item). It always contains the oldest waiting item, so nothing
+starves, plus the waiting items closest to it in cost, so little is wasted on
+padding.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +66,7 @@ class _Item(Generic[T, R]):
 
 
 class Batcher(Generic[T, R]):
-    """Bounded queue + one worker thread; `submit` returns results in input order."""
+    """Bounded queue + `workers` worker threads; `submit` returns results in input order."""
 
     def __init__(
         self,
@@ -75,10 +78,12 @@ class Batcher(Generic[T, R]):
         cost: Callable[[T], int] = lambda _: 1,
         key: Callable[[T], Hashable] = lambda _: None,
         observe: Callable[[BatchStats], None] | None = None,
+        workers: int = 1,
+        thread_initializer: Callable[[], None] | None = None,
         thread_name: str = "batch-worker",
     ) -> None:
-        if max_batch_size < 1 or max_batch_cost < 1 or max_queue < 1:
-            raise ValueError("max_batch_size, max_batch_cost and max_queue must be >= 1")
+        if min(max_batch_size, max_batch_cost, max_queue, workers) < 1:
+            raise ValueError("max_batch_size, max_batch_cost, max_queue and workers must be >= 1")
         self._process = process
         self._cost = cost
         self._key = key
@@ -86,7 +91,10 @@ class Batcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_batch_cost = max_batch_cost
         self.max_queue = max_queue
+        self.workers = workers
+        self._thread_initializer = thread_initializer
         self._thread_name = thread_name
+        self._running: set[asyncio.Task[None]] = set()  # batches on a worker now
         self._waiting: dict[int, _Item[T, R]] = {}  # insertion order = age
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
@@ -107,17 +115,19 @@ class Batcher(Generic[T, R]):
         """Start the worker; call from the event loop that will submit."""
         if self._task is not None:
             raise RuntimeError("batcher already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix=self._thread_name, initializer=self._thread_initializer
+        )
         self._task = asyncio.get_running_loop().create_task(self._work(), name=self._thread_name)
 
     async def call(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run `fn(*args)` on the worker thread (e.g. a warm-up), outside any batch."""
+        """Run `fn(*args)` on a worker thread (e.g. a warm-up), outside any batch."""
         if self._executor is None:
             raise Closed("batcher is not running")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def close(self) -> None:
-        """Stop accepting, finish every item already accepted, then stop the worker thread."""
+        """Stop accepting, finish every item already accepted, then stop the worker threads."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
@@ -163,15 +173,23 @@ class Batcher(Generic[T, R]):
 
     async def _work(self) -> None:
         while True:
+            if len(self._running) >= self.workers:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                continue
             if not self._waiting:
                 if self._closing:
+                    if self._running:
+                        await asyncio.wait(self._running)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = self._take()
+            free = self.workers - len(self._running)  # >= 1
+            batch = self._take(min(self.max_batch_size, math.ceil(len(self._waiting) / free)))
             self._report(batch)
-            await self._run(batch)
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     def _report(self, batch: list[_Item[T, R]]) -> None:
         if self._observe is None:
@@ -183,19 +201,19 @@ class Batcher(Generic[T, R]):
         except Exception:  # a metrics bug must never stop the worker
             logger.exception("batch observer failed")
 
-    def _take(self) -> list[_Item[T, R]]:
-        """Remove and return the next batch: the oldest item plus its closest-cost neighbours of the same key."""
+    def _take(self, limit: int) -> list[_Item[T, R]]:
+        """Remove and return the next batch of at most `limit` items: the oldest plus its closest-cost neighbours of the same key."""
         anchor = next(iter(self._waiting.values()))
         same = [it for it in self._waiting.values() if it.key == anchor.key]
-        if len(same) <= self.max_batch_size and len(same) * max(it.cost for it in same) <= self.max_batch_cost:
+        if len(same) <= limit and len(same) * max(it.cost for it in same) <= self.max_batch_cost:
             chosen = same
-        elif self.max_batch_size == 1:
+        elif limit == 1:
             chosen = [anchor]
         else:
             same.sort(key=lambda it: (it.cost, it.seq))
             lo = hi = same.index(anchor)
             top = anchor.cost  # costliest item in same[lo : hi + 1]
-            while hi - lo + 1 < self.max_batch_size:
+            while hi - lo + 1 < limit:
                 n = hi - lo + 1
                 # Padding each choice adds: a cheaper item pads up to `top`; a costlier one raises all n rows.
                 left_waste = top - same[lo - 1].cost if lo > 0 else None

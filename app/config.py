@@ -54,15 +54,29 @@ class Settings(BaseSettings):
     request_timeout_ms: int = Field(
         30_000, ge=0, description="Default deadline per request (504 past it; 0 = none); `X-Request-Timeout-Ms` may ask for less."
     )
-    torch_threads: int = Field(0, ge=0, description="Intra-op CPU threads for torch; 0 keeps torch's default (one per core).")
+    model_workers: int = Field(
+        0,
+        ge=0,
+        description="Batches that run at once, each on its own thread; 0 = auto: 1 on CUDA, on CPU one per core up to 4 "
+        "(two 1-core batches beat one 2-core batch: the LSTM gains little from batch size or intra-op threads).",
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op CPU threads per model worker; 0 = auto: the cores shared evenly by the workers (at least 1)."
+    )
     api_key: SecretStr | None = Field(
         None, description="If set, /predict and /v2/models/*/infer need `Authorization: Bearer <key>`; health, metrics, docs stay open."
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty turns CORS off."
     )
+    max_in_flight: int = Field(
+        512,
+        ge=1,
+        description="Most requests with a body handled at once (JSON 503 + Retry-After beyond, before reading the body): "
+        "with max_body_bytes it bounds memory held by bodies.",
+    )
     max_connections: int = Field(
-        1000, ge=1, description="Most concurrent connections (503 beyond); with max_body_bytes it bounds memory held by request bodies."
+        2048, ge=1, description="Most open connections, a backstop against connection floods (uvicorn's plain 503 beyond)."
     )
     shutdown_timeout_s: float = Field(
         25.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish; keep below the orchestrator's grace period."

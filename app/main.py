@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
-from app import errors
+from app import allocator, errors
 from app.config import Settings
 from app.metrics import Metrics
 from app.middleware import RequestEnvelope
@@ -55,7 +55,15 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
         metrics.model_info.labels(manifest.name, manifest.version, str(runner.device)).set(1)
         app.state.runner = runner
         if runner.golden_ok:
-            logger.info("serving %s %s on %s", manifest.name, manifest.version, runner.device)
+            plan = runner.threads
+            logger.info(
+                "serving %s %s on %s: %d model worker(s) x %s torch thread(s)",
+                manifest.name,
+                manifest.version,
+                runner.device,
+                plan.workers,
+                plan.torch_threads or "default",
+            )
         else:
             logger.error("model %s %s failed the golden check: /health/ready stays 503", manifest.name, manifest.version)
         try:
@@ -70,7 +78,7 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     app.state.draining = False
     app.state.runner = None
     errors.install(app)
-    app.add_middleware(RequestEnvelope, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestEnvelope, metrics=metrics, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight)
     if settings.cors_origins:  # added last = outermost, so even error answers carry CORS headers
         app.add_middleware(
             CORSMiddleware,
@@ -133,6 +141,7 @@ def cli(argv: list[str] | None = None) -> None:
         )
         _fail(f"invalid settings: {problems}", 2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    allocator.tune()  # before the model allocates: keeps RSS flat under load (app/allocator.py)
     try:
         artifact = artifact_io.load(settings.model_path, resolve_device(settings.device))
     except (ArtifactError, DeviceUnavailable) as exc:

@@ -1,7 +1,7 @@
-"""The envelope around every HTTP request: request id, body size limit, per-route metrics.
+"""The envelope around every HTTP request: request id, in-flight limit, body size limit, per-route metrics.
 
 Pure ASGI rather than BaseHTTPMiddleware: it adds no task per request and can
-answer 413 before a body larger than the limit is ever held in memory.
+answer 503 or 413 before a body is ever held in memory.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, error_response
+from app.errors import Overloaded, PayloadTooLarge, error_response
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -22,12 +22,21 @@ _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
 
 class RequestEnvelope:
-    """Echo or mint X-Request-ID, cap body bytes (Content-Length and streamed), count and time each request."""
+    """Echo or mint X-Request-ID, cap requests in flight and body bytes, count and time each request.
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    The in-flight cap counts requests with a body (the work): past it they get
+    the service's JSON 503 + Retry-After at once, unread, so memory held by
+    bodies stays under max_in_flight x max_body_bytes. Body-less requests
+    (health probes, metrics, docs) are never refused: an orchestrator must see
+    an overloaded service as alive.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, max_in_flight: int) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # requests with a body being handled now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,10 +60,20 @@ class RequestEnvelope:
         try:
             if scope["method"] in _BODYLESS:
                 await self.app(scope, receive, send_with_id)
+            elif self.in_flight >= self.max_in_flight:
+                self.metrics.rejected.labels(Overloaded.type).inc()
+                message = f"{self.in_flight} requests in flight, the limit is {self.max_in_flight}; retry later"
+                await error_response(scope["path"], Overloaded.status, Overloaded.type, message, Overloaded.headers)(
+                    scope, receive, send_with_id
+                )
             else:
-                body = await self._read_body(scope, receive, send_with_id, headers.get(b"content-length"))
-                if body is not None:
-                    await self.app(scope, _replay(body, receive), send_with_id)
+                self.in_flight += 1
+                try:
+                    body = await self._read_body(scope, receive, send_with_id, headers.get(b"content-length"))
+                    if body is not None:
+                        await self.app(scope, _replay(body, receive), send_with_id)
+                finally:
+                    self.in_flight -= 1
         finally:
             self.metrics.in_progress.dec()
             route = scope.get("route")

@@ -3,12 +3,13 @@
 The runner owns the model and the batcher that feeds it: `predict` encodes on
 the caller's side (small requests inline on the event loop, large ones in a
 helper thread, see INLINE_ENCODE_CHARS), queues the ids, and the batcher's
-single worker thread runs `forward` on merged batches.
+worker threads run `forward` on merged batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +77,40 @@ class Prediction:
     explanation: list[Attribution] | None
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadPlan:
+    """How many batches run at once (`workers`) and with how many torch intra-op threads each."""
+
+    workers: int
+    torch_threads: int  # 0 = leave torch's default
+
+
+MAX_AUTO_WORKERS = 4  # beyond this, more threads per batch rather than more batches (untested past 2 cores)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def plan_threads(device: torch.device, workers: int = 0, torch_threads: int = 0, cores: int | None = None) -> ThreadPlan:
+    """Resolve the `0 = auto` settings.
+
+    On CPU one batch per core, each on one intra-op thread, measured 1.4x the
+    throughput of one batch over two threads on the 2-core dev box (the LSTM is
+    a chain of small matmuls that parallelises poorly). On CUDA one worker: the
+    GPU is the bottleneck and one stream keeps its order simple.
+    """
+    cores = cores if cores is not None else available_cores()
+    if device.type != "cpu":
+        return ThreadPlan(workers or 1, torch_threads)
+    workers = workers or max(1, min(cores, MAX_AUTO_WORKERS))
+    return ThreadPlan(workers, torch_threads or max(1, cores // workers))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,7 +130,7 @@ class Runner:
         max_batch_size: int = 64,
         max_batch_tokens: int = 64 * 400,
         max_queue: int = 1024,
-        torch_threads: int = 0,
+        threads: ThreadPlan = ThreadPlan(workers=1, torch_threads=0),
         metrics: Metrics | None = None,
     ) -> None:
         self.artifact = artifact
@@ -103,7 +138,7 @@ class Runner:
         self.labels = artifact.manifest.labels
         self._encoder = artifact.encoder
         self._module = artifact.module
-        self._torch_threads = torch_threads
+        self.threads = threads
         self._metrics = metrics
         self.golden_ok = False
         self.batcher: Batcher[Job, Output] = Batcher(
@@ -114,6 +149,8 @@ class Runner:
             cost=lambda job: len(job.ids),
             key=lambda job: job.explain,  # explained and plain texts never share a batch
             observe=metrics.observe_batch if metrics else None,
+            workers=threads.workers,
+            thread_initializer=self._init_thread,
             thread_name="model-worker",
         )
 
@@ -121,8 +158,7 @@ class Runner:
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None, artifact: Artifact | None = None) -> Runner:
         """Load (and verify) the model file named in the settings; raises ArtifactError or DeviceUnavailable."""
         device = resolve_device(settings.device)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        threads = plan_threads(device, settings.model_workers, settings.torch_threads)
         if artifact is None:
             artifact = artifact_io.load(settings.model_path, device)
         else:
@@ -133,7 +169,7 @@ class Runner:
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             max_queue=settings.max_queue,
-            torch_threads=settings.torch_threads,
+            threads=threads,
             metrics=metrics,
         )
 
@@ -150,9 +186,12 @@ class Runner:
         """Finish every accepted text, then stop the worker."""
         await self.batcher.close()
 
+    def _init_thread(self) -> None:
+        """Runs first on each worker thread: torch's thread count is set per thread under some backends."""
+        if self.threads.torch_threads:
+            torch.set_num_threads(self.threads.torch_threads)
+
     def _warm_up(self) -> bool:
-        if self._torch_threads:
-            torch.set_num_threads(self._torch_threads)  # on the worker thread too, whichever backend is in use
         ok = True
         for explain in (False, True, False):  # TorchScript's profiling executor optimizes on the first calls
             jobs = self.encode([text for text, _ in GOLDEN], explain=explain)

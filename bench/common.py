@@ -170,7 +170,7 @@ def post_json(url: str, obj: object, timeout: float = 30.0):
     return status, headers, parsed
 
 
-_METRIC = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$')
+_METRIC = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -258,7 +258,11 @@ def start_service(
     full_env.update({"SENTIMENT_MODEL_PATH": str(MODEL), "SENTIMENT_LOG_LEVEL": "warning", **env})
     started = time.perf_counter()
     with log.open("wb") as out:
-        cmd = serve_command("127.0.0.1", port) if module is None else [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
+        cmd = (
+            serve_command("127.0.0.1", port)
+            if module is None
+            else [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
+        )
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     server.ready_s = wait_ready(server, f"{server.base}/health/ready", started, ready_timeout)

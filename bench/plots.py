@@ -1,6 +1,6 @@
 """Throughput and p99 latency vs concurrency for service, naive and TorchServe, from bench/results/<name>.json.
 
-    python -m bench.plots [serve [OUTDIR]]     -> docs/bench_throughput.png, docs/bench_p99.png
+python -m bench.plots [serve [OUTDIR]]     -> docs/bench_throughput.png, docs/bench_p99.png
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     outdir.mkdir(exist_ok=True)
     machine = result["machine"]
     subtitle = (
-        f"{machine['nproc']} vCPU {machine['cpu_model']}, torch threads {result['torch_threads']}; "
-        "wrk closed loop, 1 IMDb review/request"
+        f"{machine['nproc']} vCPU {machine['cpu_model']}, torch threads {result['torch_threads']}; wrk closed loop, 1 IMDb review/request"
     )
     for key, ylabel, fname, log in (
         ("throughput", "requests (reviews) / s", "bench_throughput.png", False),

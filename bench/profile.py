@@ -24,12 +24,18 @@ from bench import common
 RULES: list[tuple[str, re.Pattern[str]]] = [
     (name, re.compile(pattern))
     for name, pattern in [
-        ("idle (waiting)", r"^(select|poll|epoll_wait|_worker|wait|_wait_for_tstate_lock|acquire) \((selectors|threading|concurrent|queue)"),
+        (
+            "idle (waiting)",
+            r"^(select|poll|epoll_wait|_worker|wait|_wait_for_tstate_lock|acquire) \((selectors|threading|concurrent|queue)",
+        ),
         ("tokenize (contract.text)", r"contract/text\.py"),
         ("vocab lookup (contract.vocab encode)", r"\((?:encode) \(contract/vocab\.py|contract/vocab\.py:\d+\)$|^encode \(contract/vocab"),
         ("padding (pad_batch)", r"^pad_batch "),
         ("torch forward", r"torch/|^forward \(app/runner|<torch|RecursiveScriptModule|_call_impl"),
-        ("JSON + pydantic (request parse, response serialize)", r"json/|pydantic|jsonable_encoder|serialize_response|_prepare_response_content|fastapi/encoders"),
+        (
+            "JSON + pydantic (request parse, response serialize)",
+            r"json/|pydantic|jsonable_encoder|serialize_response|_prepare_response_content|fastapi/encoders",
+        ),
         ("prometheus metrics", r"prometheus_client"),
         ("HTTP parsing/writing (uvicorn, httptools)", r"uvicorn/protocols|httptools|h11"),
         ("framework (starlette/fastapi routing, deps, middleware)", r"starlette/|fastapi/|app/middleware|app/dependencies|anyio/"),

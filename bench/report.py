@@ -246,7 +246,10 @@ def profile_section(profiles: list[dict]) -> list[str]:
     lines = ["### 7. Where the time goes (py-spy)", ""]
     for p in profiles:
         settings = {k: v for k, v in p["env"].items() if k != "SENTIMENT_MODEL_PATH"} or "defaults"
-        lines += [f"`python -m bench.profile --out {p['name']}` — {p['clients']} clients, settings {settings}, {f(p['throughput'])} req/s while sampled.", ""]
+        lines += [
+            f"`python -m bench.profile --out {p['name']}` — {p['clients']} clients, settings {settings}, {f(p['throughput'])} req/s while sampled.",
+            "",
+        ]
         for thread, t in p["threads"].items():
             cats = ", ".join(f"{k} {v} %" for k, v in list(t["categories_pct"].items())[:7])
             lines.append(f"- **{thread}**: on CPU {100 * t['busy_fraction']:.0f} % of the time — {cats}")

@@ -84,6 +84,35 @@ async def test_concurrent_submissions_merge_while_the_worker_is_busy_and_keep_or
     await batcher.close()
 
 
+async def test_a_second_worker_serves_while_the_first_is_busy() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=64, workers=2)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    assert await asyncio.wait_for(batcher.submit(["a", "b"]), 5) == ["A", "B"], "served while the first worker is held"
+    assert not blocker.done()
+    worker.gate.set()
+    assert await blocker == ["BLOCK"]
+    await batcher.close()
+    assert len(worker.threads) == 2
+
+
+async def test_the_waiting_items_are_split_over_the_free_workers() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=64, workers=2)
+    batcher.start()
+    blockers = [await hold_worker(batcher, worker)]
+    blockers.append(asyncio.create_task(batcher.submit(["block"])))  # both workers now wait on the gate
+    await until(lambda: worker.batches.count(["block"]) == 2)
+    tasks = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(10)]
+    await until(lambda: batcher.depth == 10)
+    worker.gate.set()
+    assert await asyncio.gather(*tasks) == [[f"T{i}"] for i in range(10)]
+    await asyncio.gather(*blockers)
+    await batcher.close()
+    assert sorted(len(b) for b in worker.batches[2:]) == [5, 5], "10 waiting items, 2 free workers: 5 each"
+
+
 async def test_batches_respect_item_and_cost_limits() -> None:
     worker = Worker()
     batcher = make(worker, max_batch_size=3, max_batch_cost=8)

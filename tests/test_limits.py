@@ -155,7 +155,7 @@ async def test_api_key_guards_predict_only(serve: ServeFactory) -> None:
 
 async def test_a_full_queue_answers_503_with_retry_after_at_once(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     with Gate().installed(monkeypatch) as gate:
-        async with serve(max_queue=2, max_items_per_request=2) as (client, app):
+        async with serve(max_queue=2, max_items_per_request=2, model_workers=1) as (client, app):  # one gated worker holds all
             gate.armed.set()
             running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
             await wait_for(lambda: bool(gate.batches))
@@ -174,9 +174,29 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(serve: ServeFac
     assert rejected == 2
 
 
+async def test_requests_past_the_in_flight_limit_get_503_unread_while_probes_still_answer(
+    serve: ServeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Gate().installed(monkeypatch) as gate:
+        async with serve(max_in_flight=1, model_workers=1) as (client, app):
+            gate.armed.set()
+            running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
+            await wait_for(lambda: bool(gate.batches))
+            refused = await client.post("/predict", json={"text": "one more"})
+            live = await client.get("/health/live")
+            gate.open.set()
+            assert (await running).status_code == 200
+            after = await client.post("/predict", json={"text": "after"})
+            rejected = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "overloaded"})
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert error_of(refused)["type"] == "overloaded" and "in flight" in error_of(refused)["message"]
+    assert live.status_code == 200 and after.status_code == 200, "probes pass the limit; the slot is freed after the answer"
+    assert rejected == 1
+
+
 async def test_a_missed_deadline_is_504_and_the_text_never_reaches_the_model(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     with Gate().installed(monkeypatch) as gate:
-        async with serve() as (client, app):
+        async with serve(model_workers=1) as (client, app):
             gate.armed.set()
             running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
             await wait_for(lambda: bool(gate.batches))
@@ -191,7 +211,7 @@ async def test_a_missed_deadline_is_504_and_the_text_never_reaches_the_model(ser
 
 async def test_the_server_default_deadline_applies_without_a_header(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     with Gate().installed(monkeypatch) as gate:
-        async with serve(request_timeout_ms=50) as (client, _):
+        async with serve(request_timeout_ms=50, model_workers=1) as (client, _):
             gate.armed.set()
             response = await client.post("/predict", json={"text": "great"})
             gate.open.set()
@@ -206,7 +226,7 @@ async def test_a_failing_text_fails_alone_and_bugs_are_opaque_500s(serve: ServeF
     gate = Gate()
     gate.hook = explode_on_three_tokens
     with gate.installed(monkeypatch):
-        async with serve() as (client, _):
+        async with serve(model_workers=1) as (client, _):
             gate.armed.set()
             first = asyncio.create_task(client.post("/predict", json={"text": "great"}))
             await wait_for(lambda: bool(gate.batches))

@@ -502,7 +502,11 @@ def start_server(model: Path) -> Iterator[Server]:
     env |= {f"{ENV_PREFIX}MODEL_PATH": str(model), f"{ENV_PREFIX}DEVICE": "cpu", f"{ENV_PREFIX}TORCH_THREADS": "1"}
     process = subprocess.Popen(
         [*serve_command(), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     server = Server(process, port)
     try:

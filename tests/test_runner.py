@@ -10,7 +10,7 @@ import torch
 
 from app import runner as runner_module
 from app.metrics import Metrics
-from app.runner import GOLDEN, DeviceUnavailable, Runner, resolve_device
+from app.runner import GOLDEN, DeviceUnavailable, Runner, ThreadPlan, plan_threads, resolve_device
 from contract.artifact import Artifact
 from contract.text import normalize_token
 from tests.tiny_model import MAX_LENGTH
@@ -169,3 +169,29 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "threads", "cores", "expected"),
+    [
+        ("cpu", 0, 0, 2, ThreadPlan(2, 1)),  # the dev box: one 1-thread batch per core
+        ("cpu", 0, 0, 1, ThreadPlan(1, 1)),
+        ("cpu", 0, 0, 16, ThreadPlan(4, 4)),  # at most 4 batches; the cores shared among them
+        ("cpu", 1, 0, 8, ThreadPlan(1, 8)),
+        ("cpu", 3, 2, 2, ThreadPlan(3, 2)),  # explicit settings win
+        ("cuda", 0, 0, 16, ThreadPlan(1, 0)),
+    ],
+)
+def test_thread_plan_resolves_auto_settings(device: str, workers: int, threads: int, cores: int, expected: ThreadPlan) -> None:
+    assert plan_threads(torch.device(device), workers, threads, cores) == expected
+
+
+def test_two_workers_give_the_same_results_as_one(tiny_artifact: Artifact) -> None:
+    async def run(workers: int) -> list[float]:
+        runner = Runner(tiny_artifact, max_batch_size=4, threads=ThreadPlan(workers, 1))
+        await runner.start()
+        results = await asyncio.gather(*(runner.predict([t]) for t in TEXTS * 3))
+        await runner.close()
+        return [r[0].p_positive for r in results]
+
+    assert asyncio.run(run(2)) == pytest.approx(asyncio.run(run(1)), abs=1e-5)

@@ -55,8 +55,8 @@ class SentimentHandler:
         ]
 
     def _write_stats(self) -> None:
-        if self.stats_path:
-            tmp = self.stats_path + ".tmp"
-            with open(tmp, "w") as f:
+        if self.stats_path:  # one file per worker process: <path>.<pid>, summed by bench/serve.py
+            path = f"{self.stats_path}.{os.getpid()}"
+            with open(path + ".tmp", "w") as f:
                 json.dump({"batches": self.batches, "texts": self.texts, "torch_threads": torch.get_num_threads()}, f)
-            os.replace(tmp, self.stats_path)
+            os.replace(path + ".tmp", path)

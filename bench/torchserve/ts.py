@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -29,19 +30,19 @@ WORK = Path("/tmp/bench-torchserve")
 MODEL_NAME = "sentiment"
 
 
-def model_config(batch_size: int, max_batch_delay_ms: int) -> str:
+def model_config(batch_size: int, max_batch_delay_ms: int, workers: int) -> str:
     return (
-        f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch_size}\nmaxBatchDelay: {max_batch_delay_ms}\n"
+        f"minWorkers: {workers}\nmaxWorkers: {workers}\nbatchSize: {batch_size}\nmaxBatchDelay: {max_batch_delay_ms}\n"
         "responseTimeout: 120\nstartupTimeout: 120\n"
     )
 
 
-def build_mar(ts_venv: Path, model: Path, batch_size: int, max_batch_delay_ms: int) -> Path:
+def build_mar(ts_venv: Path, model: Path, batch_size: int, max_batch_delay_ms: int, workers: int) -> Path:
     store = WORK / "model_store"
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
     cfg = WORK / "model-config.yaml"
-    cfg.write_text(model_config(batch_size, max_batch_delay_ms))
+    cfg.write_text(model_config(batch_size, max_batch_delay_ms, workers))
     subprocess.run(
         [
             str(ts_venv / "bin" / "torch-model-archiver"),
@@ -65,11 +66,12 @@ def start(
     batch_size: int = 64,
     max_batch_delay_ms: int = 5,
     torch_threads: int = 0,
+    workers: int = 1,
     queue: int = 1024,
     ready_timeout: float = 180.0,
 ) -> common.Server:
     """Start TorchServe in the foreground; returns once a real prediction answers 200 (ready_s = spawn -> that)."""
-    mar = build_mar(ts_venv, model, batch_size, max_batch_delay_ms)
+    mar = build_mar(ts_venv, model, batch_size, max_batch_delay_ms, workers)
     port, mport, metrics_port = common.free_port(), common.free_port(), common.free_port()
     config = WORK / "config.properties"
     config.write_text(
@@ -81,7 +83,7 @@ def start(
                 f"model_store={mar.parent}",
                 f"load_models={mar.name}",
                 f"job_queue_size={queue}",
-                "default_workers_per_model=1",
+                f"default_workers_per_model={workers}",
                 "disable_token_authorization=true",
                 "enable_model_api=false",
                 "install_py_dep_per_model=false",
@@ -91,7 +93,8 @@ def start(
         )
     )
     stats = WORK / "batch_stats.json"
-    stats.unlink(missing_ok=True)
+    for old in WORK.glob("batch_stats.json.*"):
+        old.unlink()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
     env.update(
         {
@@ -139,6 +142,16 @@ def start(
     raise RuntimeError(f"torchserve not ready within {ready_timeout} s; see {log}:\n{log.read_text()[-3000:]}")
 
 
+def read_stats(stats: Path) -> dict[str, int]:
+    """The handler's batch/text counters summed over its worker processes (one file each)."""
+    total = {"batches": 0, "texts": 0}
+    for path in stats.parent.glob(stats.name + ".*"):
+        if path.suffix != ".tmp":
+            raw = json.loads(path.read_text())
+            total = {k: total[k] + raw.get(k, 0) for k in total}
+    return total
+
+
 def _start_time(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -178,7 +191,7 @@ def main() -> None:
     try:
         print(f"ready in {server.ready_s:.1f} s; RSS (JVM + worker) {common.tree_rss_mb(server.pid):.0f} MiB")
         print(common.post_json(f"{server.base}/predictions/{MODEL_NAME}", {"text": "Dull, boring and awful."}))
-        print((WORK / "batch_stats.json").read_text())
+        print(read_stats(WORK / "batch_stats.json"))
     finally:
         stop(server)
 
