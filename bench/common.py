@@ -6,6 +6,7 @@ and writes them as JSON under bench/results/ (gitignored) so docs/benchmarks.md 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -149,6 +150,22 @@ def refuse_if_busy(force: bool) -> None:
 
 
 # ---------------------------------------------------------------- HTTP (stdlib only: no client library cost in the figures)
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str] | None, out: str) -> argparse.Namespace:
+    """Add the options every benchmark shares (--model, --env, --out, --force), parse, refuse to run beside a training."""
+    parser.add_argument("--model", default=str(MODEL))
+    parser.add_argument("--env", nargs="*", default=[], help="extra SENTIMENT_*=value settings, e.g. SENTIMENT_MAX_QUEUE=256")
+    parser.add_argument("--out", default=out, help="results name under bench/results/")
+    parser.add_argument("--force", action="store_true", help="run even while a training process is running")
+    args = parser.parse_args(argv)
+    refuse_if_busy(args.force)
+    return args
+
+
+def service_env(args: argparse.Namespace, **settings: str) -> dict[str, str]:
+    """SENTIMENT_* variables for a benchmarked service: the model, `settings`, then --env (which wins)."""
+    return {"SENTIMENT_MODEL_PATH": str(args.model), **settings, **dict(kv.split("=", 1) for kv in args.env)}
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None, timeout: float = 10.0):

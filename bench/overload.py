@@ -59,15 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--factor", type=float, default=10.0)
     parser.add_argument("--burst-seconds", type=float, default=2.0)
     parser.add_argument("--capacity", type=float)
-    parser.add_argument("--model", default=str(common.MODEL))
-    parser.add_argument("--env", nargs="*", default=[], help="extra SENTIMENT_*=value settings, e.g. SENTIMENT_MAX_QUEUE=256")
-    parser.add_argument("--out", default="overload")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    common.refuse_if_busy(args.force)
+    args = common.parse_bench_args(parser, argv, "overload")
     texts = common.imdb_test_texts()
     bodies = common.write_bodies(texts, common.RESULTS / "bodies.jsonl")
-    env = {"SENTIMENT_MODEL_PATH": args.model, **dict(kv.split("=", 1) for kv in args.env)}
+    env = common.service_env(args)
     server = common.start_service(env, name="overload")
     result: dict = {"machine": common.machine(), "env": {k: v for k, v in env.items() if k != "SENTIMENT_MODEL_PATH"}}
     try:

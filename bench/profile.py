@@ -68,15 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--env", nargs="*", default=[], help="extra SENTIMENT_*=value settings")
-    parser.add_argument("--model", default=str(common.MODEL))
-    parser.add_argument("--out", default="profile")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    common.refuse_if_busy(args.force)
-    texts = common.imdb_test_texts()
-    bodies = common.write_bodies(texts, common.RESULTS / "bodies.jsonl")
-    env = {"SENTIMENT_MODEL_PATH": args.model, **dict(kv.split("=", 1) for kv in args.env)}
+    args = common.parse_bench_args(parser, argv, "profile")
+    bodies = common.write_bodies(common.imdb_test_texts(), common.RESULTS / "bodies.jsonl")
+    env = common.service_env(args)
     server = common.start_service(env, name=args.out)
     raw = common.RESULTS / f"{args.out}.pyspy.txt"
     try:

@@ -139,11 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"{e['ms_per_batch_median']:>12.2f} {e['reviews_per_s']:>10.1f}"
         )
 
-    streams = []
+    streams, one = [], {}
     if args.streams > 1:
         single_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, single_threads // args.streams))
-        print(f"\n{args.streams} parallel streams x {torch.get_num_threads()} torch thread(s), end to end:")
+        one = summary(measure(end_to_end, [[t] for t in texts], args.seconds), 1)  # what a lone request costs one worker
+        print(f"\nbatch 1 on one stream of {torch.get_num_threads()} thread(s): {one['ms_per_batch_median']:.2f} ms end to end")
+        print(f"{args.streams} parallel streams x {torch.get_num_threads()} torch thread(s), end to end:")
         for b in [int(x) for x in args.stream_batch_sizes.split(",")]:
             n = len(texts) // b * b
             rate = parallel(end_to_end, [texts[i : i + b] for i in range(0, n, b)], args.streams, args.seconds)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "best_model": {"batch_size": best_model["batch_size"], "reviews_per_s": best_model["model"]["reviews_per_s"]},
         "best_end_to_end": {"batch_size": best_e2e["batch_size"], "reviews_per_s": best_e2e["end_to_end"]["reviews_per_s"]},
-        "streams": {"n": args.streams, "rows": streams},
+        "streams": {"n": args.streams, "rows": streams, "batch1_ms_one_stream": one["ms_per_batch_median"] if streams else None},
         "best_any": max(
             [best_e2e["end_to_end"]["reviews_per_s"], *(r["reviews_per_s"] for r in streams)]
         ),  # the ceiling: single stream or parallel streams, end to end

@@ -148,10 +148,10 @@ def rss_windows(s: dict) -> tuple[float, float]:
 
 
 SOAK_RUNS = {
-    "soak_mmap_threshold": "MALLOC_MMAP_THRESHOLD_=131072 python -m bench.soak --seconds 240 --out soak_mmap_threshold",
-    "soak_arena_max2": "MALLOC_ARENA_MAX=2 python -m bench.soak --seconds 240 --out soak_arena_max2",
-    "soak_90rps_default_malloc": "python -m bench.soak (before the load generator retried stale keep-alive connections)",
-    "soak_contended_105rps": "python -m bench.soak --capacity 150 (a test suite ran beside it from ~240 s to ~360 s)",
+    "soak_glibc_default": "python -m bench.soak --out soak_glibc_default (before app/allocator.py: glibc's default malloc)",
+    "soak_mmap_threshold": "MALLOC_MMAP_THRESHOLD_=131072 python -m bench.soak --seconds 240 --out soak_mmap_threshold (before app/allocator.py)",
+    "soak_90rps_default_malloc": "python -m bench.soak (before app/allocator.py, and before the load generator retried stale keep-alive connections)",
+    "soak_contended_105rps": "python -m bench.soak --capacity 150 (before app/allocator.py; a test suite ran beside it from ~240 s to ~360 s)",
 }
 
 

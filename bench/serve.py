@@ -103,6 +103,7 @@ def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_text
         pid_cpu, pid_rss = common.tree_cpu_seconds, common.tree_rss_mb
     else:
         env = {"SENTIMENT_MODEL_PATH": str(args.model), "SENTIMENT_MAX_BATCH_SIZE": "1" if target == "naive" else "64"}
+        env.update(dict(kv.split("=", 1) for kv in args.env))
         if threads:
             env["SENTIMENT_TORCH_THREADS"] = threads
         module = None
@@ -201,6 +202,9 @@ def ratios(raw: dict, targets: dict[str, dict]) -> dict[str, object]:
         out["p50_1_client_ms"] = p50
         out["raw_batch1_e2e_ms"] = raw["batch1_ms"]["end_to_end"]
         out["p50_1_client_minus_raw_batch1_ms"] = p50 - raw["batch1_ms"]["end_to_end"]
+        if per_worker := raw.get("streams", {}).get("batch1_ms_one_stream"):  # one worker's threads, as the service runs a lone text
+            out["raw_batch1_one_worker_ms"] = per_worker
+            out["p50_1_client_minus_raw_batch1_one_worker_ms"] = p50 - per_worker
     return out
 
 
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ts-workers", type=int, default=2, help="TorchServe worker processes (the service's auto plan on 2 cores: 2)")
     parser.add_argument("--ts-threads", type=int, default=1, help="torch threads per TorchServe worker (0 = torch's default)")
     parser.add_argument("--raw-seconds", type=float, default=2.0)
+    parser.add_argument("--env", nargs="*", default=[], help="extra SENTIMENT_*=value settings for service and naive")
     parser.add_argument("--out", default="serve")
     parser.add_argument("--force", action="store_true", help="run even while a training process is running")
     args = parser.parse_args(argv)

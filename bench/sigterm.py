@@ -82,15 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--before", type=float, default=4.0, help="seconds of load before SIGTERM")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--model", default=str(common.MODEL))
-    parser.add_argument("--out", default="sigterm")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    common.refuse_if_busy(args.force)
+    args = common.parse_bench_args(parser, argv, "sigterm")
     requests = loadgen.predict_requests(common.imdb_test_texts())
     rounds = []
     for k in range(args.rounds):
-        env = {"SENTIMENT_MODEL_PATH": args.model, "SENTIMENT_ACCESS_LOG": "true", "SENTIMENT_LOG_LEVEL": "info"}
+        env = common.service_env(args, SENTIMENT_ACCESS_LOG="true", SENTIMENT_LOG_LEVEL="info")
         server = common.start_service(env, name=f"sigterm_{k}")
         try:
             r = asyncio.run(one_round(server, requests, args.clients, args.before))

@@ -76,16 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--load", type=float, default=0.7, help="fraction of capacity")
     parser.add_argument("--capacity", type=float, help="single-text requests/s the service sustains")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--model", default=str(common.MODEL))
-    parser.add_argument("--out", default="soak")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    common.refuse_if_busy(args.force)
+    args = common.parse_bench_args(parser, argv, "soak")
     texts = common.imdb_test_texts()
     bodies = common.write_bodies(texts, common.RESULTS / "bodies.jsonl")
     requests = loadgen.predict_requests(texts)
-    env = {"SENTIMENT_MODEL_PATH": args.model, **({"SENTIMENT_TORCH_THREADS": str(args.threads)} if args.threads else {})}
+    env = common.service_env(args)
     server = common.start_service(env, name="soak")
     try:
         rss_ready = common.rss_mb(server.pid)[0]

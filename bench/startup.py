@@ -28,11 +28,7 @@ def fresh_python(code: str) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--model", default=str(common.MODEL))
-    parser.add_argument("--out", default="startup")
-    parser.add_argument("--force", action="store_true")
-    args = parser.parse_args(argv)
-    common.refuse_if_busy(args.force)
+    args = common.parse_bench_args(parser, argv, "startup")
     pieces = {
         "python_only_s": statistics.median(fresh_python("pass") for _ in range(3)),
         "import_torch_s": statistics.median(fresh_python("import torch") for _ in range(3)),
@@ -43,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     rounds = []
     for k in range(args.rounds):
-        server = common.start_service({"SENTIMENT_MODEL_PATH": args.model}, name=f"startup_{k}")
+        server = common.start_service(common.service_env(args), name=f"startup_{k}")
         try:
             rss_ready = common.rss_mb(server.pid)[0]
             time.sleep(3)
