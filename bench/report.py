@@ -37,8 +37,8 @@ def raw_section(raw: dict) -> list[str]:
         "### 1. Raw model (the ceiling)",
         "",
         f"`python -m bench.raw_model` — {raw['texts']} IMDb test reviews (mean {raw['mean_chars']:.0f} characters, "
-        f"{raw['mean_ids']:.0f} token ids after truncation), torch intra-op threads: **{raw['torch_threads']}** "
-        f"(the service's default). Tokenization alone: {raw['encode_ms_per_review']:.3f} ms per review.",
+        f"{raw['mean_ids']:.0f} token ids after truncation), one stream with torch intra-op threads: **{raw['torch_threads']}** "
+        f"(torch's default). Tokenization alone: {raw['encode_ms_per_review']:.3f} ms per review.",
         "",
         "| batch | model ms/batch (median) | model reviews/s | tokenize+model ms/batch | tokenize+model reviews/s |",
         "|---:|---:|---:|---:|---:|",
@@ -55,6 +55,19 @@ def raw_section(raw: dict) -> list[str]:
         f"with tokenization {f(raw['best_end_to_end']['reviews_per_s'])} reviews/s at batch {raw['best_end_to_end']['batch_size']}.",
         "",
     ]
+    streams = raw.get("streams") or {}
+    if streams.get("rows"):
+        lines += [
+            f"{streams['n']} parallel streams × 1 torch thread, tokenize+model (as the service's {streams['n']} workers run): "
+            f"batch 1 on one stream {f(streams.get('batch1_ms_one_stream'), 2)} ms.",
+            "",
+            "| batch (per stream) | reviews/s, all streams |",
+            "|---:|---:|",
+            *[f"| {r['batch_size']} | {f(r['reviews_per_s'])} |" for r in streams["rows"]],
+            "",
+            f"**Raw ceiling** (best of one stream and parallel streams): {f(raw.get('best_any'))} reviews/s.",
+            "",
+        ]
     return lines
 
 
@@ -64,7 +77,8 @@ def serve_section(serve: dict) -> list[str]:
         "### 2. Service vs naive vs TorchServe (same run)",
         "",
         f"`python -m bench.serve` — wrk closed loop, single-text requests, {args['seconds']:.0f} s per point after "
-        f"{args['warmup']:.0f} s warm-up; torch threads {serve['torch_threads']} in all three. "
+        f"{args['warmup']:.0f} s warm-up; service and naive with their default thread plan, TorchServe with "
+        f"{args.get('ts_workers', 1)} worker(s) × {args.get('ts_threads', serve['torch_threads'])} torch thread(s). "
         "`batch` = mean texts per forward pass from the /metrics histogram deltas (TorchServe: the handler's counters); "
         "`model busy` = forward time / wall time; CPU in cores from /proc (server = whole process tree, client = wrk).",
         "",
@@ -85,7 +99,8 @@ def serve_section(serve: dict) -> list[str]:
     lines += ["", "| ratio | " + " | ".join(f"{c} clients" for c in serve["ratios"]["per_clients"]) + " |"]
     lines.append("|---|" + "---:|" * len(serve["ratios"]["per_clients"]))
     keys = [
-        ("service_over_raw_best_e2e", "service / raw best (tokenize+model)"),
+        ("service_over_raw_ceiling", "service / raw ceiling (tokenize+model, best of 1 and 2 streams)"),
+        ("service_over_raw_best_e2e", "service / raw best, one stream (tokenize+model)"),
         ("service_over_raw_best_model", "service / raw best (model only)"),
         ("service_over_naive", "service / naive (throughput)"),
         ("service_over_torchserve", "service / TorchServe (throughput)"),
@@ -258,7 +273,7 @@ def profile_section(profiles: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    serve, raw = common.load_result("serve"), common.load_result("raw_model") or common.load_result("serve_raw")
+    serve, raw = common.load_result("serve"), common.load_result("serve_raw") or common.load_result("raw_model")
     parts: list[str] = [BEGIN, ""]
     machine = (serve or raw or {}).get("machine")
     if machine:
@@ -268,9 +283,16 @@ def main() -> None:
     if serve:
         parts += serve_section(serve)
     variants = [
-        ("serve_threads1", "python -m bench.serve --threads 1 --out serve_threads1"),
-        ("serve_workers2", "python -m bench.serve --targets workers2 --out serve_workers2"),
-        ("serve_workers2b1", "python -m bench.serve --targets workers2-b1 --out serve_workers2b1"),
+        (
+            "serve_fill08",
+            "python -m bench.serve --targets service --seconds 10 --env SENTIMENT_BATCH_MIN_FILL=0.8 --out serve_fill08 (experiment, dropped)",
+        ),
+        (
+            "serve_fill0",
+            "python -m bench.serve --targets service --seconds 10 --env SENTIMENT_BATCH_MIN_FILL=0 --out serve_fill0 (same build as fill08)",
+        ),
+        ("serve_one_worker", "first version (1 model thread x 2 torch threads; TorchServe 1 worker x 2 threads): python -m bench.serve"),
+        ("serve_threads1", "first version: python -m bench.serve --threads 1 --out serve_threads1"),
     ]
     runs = [(n, c, r) for n, c in variants if (r := common.load_result(n))]
     if runs:

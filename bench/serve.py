@@ -106,12 +106,7 @@ def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_text
         env.update(dict(kv.split("=", 1) for kv in args.env))
         if threads:
             env["SENTIMENT_TORCH_THREADS"] = threads
-        module = None
-        if target.startswith("workers"):  # experiment: N model threads x 1 torch thread (bench/patched_workers.py)
-            workers, _, max_batch = target.removeprefix("workers").partition("-b")  # e.g. workers2 or workers2-b1
-            env.update({"BENCH_MODEL_WORKERS": workers, "SENTIMENT_TORCH_THREADS": "1", "SENTIMENT_MAX_BATCH_SIZE": max_batch or "64"})
-            module = "bench.patched_workers"
-        server = common.start_service(env, name=target, module=module)
+        server = common.start_service(env, name=target)
         url = f"{server.base}/predict"
         pid_cpu, pid_rss = common.cpu_seconds, lambda pid: common.rss_mb(pid)[0]
     result: dict[str, object] = {"target": target, "ready_s": server.ready_s, "started_at": t_spawn}
