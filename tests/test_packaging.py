@@ -409,6 +409,10 @@ def test_kubernetes_deployment_probes_security_and_service(kube: list[dict], fin
     assert kinds["Deployment"]["spec"]["selector"]["matchLabels"] == labels
     assert kinds["Service"]["spec"]["selector"] == labels
     assert kinds["Service"]["spec"]["ports"][0]["targetPort"] == port["name"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) <= settings_env_names(), "every variable the manifest sets is a real setting"
+    threads = int(env.get("SENTIMENT_MODEL_WORKERS", 0)) * int(env.get("SENTIMENT_TORCH_THREADS", 0))
+    assert 0 < threads <= float(container["resources"]["requests"]["cpu"]), "the auto plan sees the node's cores: pin it to the request"
 
 
 # ==================================================================================================
