@@ -9,10 +9,6 @@ soak). A fixed threshold keeps big buffers on mmap, returned to the OS on free;
 two arenas bound the fragmentation across the worker and encoding threads.
 An operator's own MALLOC_* environment variables win; elsewhere than glibc
 this is a no-op.
-
-`trim` hands free heap pages back to the OS: glibc only trims the top of a
-heap by itself, and loading the model leaves ~120 MiB free below it
-(measured: 408 -> 280 MiB RSS for one 9 ms call after load and 20 batches).
 """
 
 from __future__ import annotations
@@ -30,27 +26,15 @@ MMAP_THRESHOLD = 128 * 1024  # glibc's own initial value, kept fixed instead of 
 ARENA_MAX = 2
 
 
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallopt, libc.malloc_trim  # noqa: B018  (glibc has both; musl and macOS do not)
-    except (OSError, AttributeError, TypeError):
-        return None
-    return libc
-
-
-def trim() -> bool:
-    """Return free heap memory to the OS (glibc's malloc_trim; ~10 ms, GIL released); True if any was."""
-    libc = _libc()
-    return libc is not None and bool(libc.malloc_trim(0))
-
-
 def tune() -> bool:
     """Fix glibc's mmap threshold and cap its arenas; True if applied."""
     if any(name.startswith("MALLOC_") for name in os.environ):
         logger.info("MALLOC_* set in the environment: malloc left as configured there")
         return False
-    libc = _libc()
-    if libc is None:  # not glibc (musl, macOS, Windows)
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows)
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_ARENA_MAX, ARENA_MAX))
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_ARENA_MAX, ARENA_MAX))

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from app import allocator
 from app.batcher import Batcher, DeadlineExceeded
 from app.config import Settings
 from app.metrics import Metrics
@@ -31,10 +29,6 @@ from contract.vocab import pad_batch
 # many characters per request, encoding inline is cheaper than the hop and stalls the loop < ~1 ms;
 # above it, encoding moves off the event loop so big requests never stall other clients.
 INLINE_ENCODE_CHARS = 4096
-
-# After a batch that leaves the queue empty, free heap memory goes back to the OS at most this often: a trim
-# costs ~10 ms of one worker (GIL released) and keeps RSS from creeping up under steady load (app/allocator.py).
-TRIM_EVERY_S = 10.0
 
 # Built-in sanity check run at start-up: readiness requires the model to get both right.
 GOLDEN: tuple[tuple[str, int], ...] = (
@@ -145,8 +139,6 @@ class Runner:
         self._encoder = artifact.encoder
         self._module = artifact.module
         self.threads = threads
-        self._trim_lock = threading.Lock()
-        self._last_trim = 0.0
         self._metrics = metrics
         self.golden_ok = False
         self.batcher: Batcher[Job, Output] = Batcher(
@@ -205,8 +197,6 @@ class Runner:
             jobs = self.encode([text for text, _ in GOLDEN], explain=explain)
             for (_, expected), output in zip(GOLDEN, self.forward(jobs), strict=True):
                 ok = ok and (output.p_positive >= 0.5) == bool(expected)
-        allocator.trim()  # loading the model left ~120 MiB free in the heap
-        self._last_trim = time.monotonic()
         return ok
 
     def encode(self, texts: Sequence[str], explain: bool = False) -> list[Job]:
@@ -250,18 +240,7 @@ class Runner:
             outputs = [Output(p, None) for p in probs.float().cpu().tolist()]  # .cpu() syncs: the timing is real
         if self._metrics is not None:
             self._metrics.forward_seconds.labels("explain" if explain else "predict").observe(time.perf_counter() - started)
-        self._trim_if_idle()
         return outputs
-
-    def _trim_if_idle(self) -> None:
-        """Hand free memory back to the OS when nothing waits and the last trim is TRIM_EVERY_S old (one worker at a time)."""
-        if self.batcher.depth or time.monotonic() - self._last_trim < TRIM_EVERY_S or not self._trim_lock.acquire(blocking=False):
-            return
-        try:
-            allocator.trim()
-            self._last_trim = time.monotonic()
-        finally:
-            self._trim_lock.release()
 
     def _explain(self, jobs: list[Job]) -> list[Output]:
         """Gradient x input, one backward per group of equal-length texts.
