@@ -1,11 +1,17 @@
 """The envelope around every HTTP request: request id, in-flight limit, body size limit, per-route metrics.
 
-Pure ASGI rather than BaseHTTPMiddleware: it adds no task per request and can
-answer 503 or 413 before a body is ever held in memory.
+Pure ASGI rather than BaseHTTPMiddleware: it can answer 503 or 413 before a
+body is ever held in memory, and it watches the connection while the request
+is handled: when the client goes away (a timeout, a crash), the handler is
+cancelled, so its queued texts are dropped instead of costing model time that
+clients still waiting need. An overloaded service then recovers as soon as
+clients give up, instead of computing answers nobody reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -17,6 +23,7 @@ from app.errors import Overloaded, PayloadTooLarge, error_response
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"; only ever in metrics
 _VALID_REQUEST_ID = re.compile(r"[\w.:/+=@-]{1,128}")  # echoed into headers and logs: no spaces, no control chars
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
@@ -70,8 +77,9 @@ class RequestEnvelope:
                 self.in_flight += 1
                 try:
                     body = await self._read_body(scope, receive, send_with_id, headers.get(b"content-length"))
-                    if body is not None:
-                        await self.app(scope, _replay(body, receive), send_with_id)
+                    if body is not None and not await self._run_while_connected(scope, body, receive, send_with_id):
+                        status = CLIENT_CLOSED
+                        self.metrics.rejected.labels("client_closed").inc()
                 finally:
                     self.in_flight -= 1
         finally:
@@ -81,6 +89,32 @@ class RequestEnvelope:
             labels = (scope["method"], template, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _run_while_connected(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
+        """Run the app on `body`, cancelling it if the client disconnects first; False if it was cancelled."""
+        responded = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal responded
+            await send(message)
+            responded = responded or (message["type"] == "http.response.body" and not message.get("more_body", False))
+
+        handler = asyncio.ensure_future(self.app(scope, _replay(body, receive), send_tracked))
+        watcher = asyncio.ensure_future(_disconnected(receive))  # also returns once the response is complete
+        try:
+            await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is cancelling us: take the handler down too
+            handler.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if not handler.done() and not responded:  # the client left before its answer: stop working for it
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+            return False
+        await handler  # re-raises what the app raised
+        return True
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send, content_length: bytes | None) -> bytes | None:
         """The whole body, or None once a 413/400 was sent (or the client left); never holds more than the limit."""
@@ -114,6 +148,12 @@ class RequestEnvelope:
         response = error_response(scope["path"], PayloadTooLarge.status, PayloadTooLarge.type, message)
         response.headers["Connection"] = "close"  # the rest of the body is never read
         await response(scope, receive, send)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the server reports the client gone (or the response complete: both are http.disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -163,6 +163,7 @@ def rss_windows(s: dict) -> tuple[float, float]:
 
 
 SOAK_RUNS = {
+    "soak_with_trim": "python -m bench.soak --capacity 185 --out soak_with_trim (experiment, dropped: also malloc_trim after start-up and every 10 s when idle)",
     "soak_glibc_default": "python -m bench.soak --out soak_glibc_default (before app/allocator.py: glibc's default malloc)",
     "soak_mmap_threshold": "MALLOC_MMAP_THRESHOLD_=131072 python -m bench.soak --seconds 240 --out soak_mmap_threshold (before app/allocator.py)",
     "soak_90rps_default_malloc": "python -m bench.soak (before app/allocator.py, and before the load generator retried stale keep-alive connections)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -192,6 +193,46 @@ async def test_requests_past_the_in_flight_limit_get_503_unread_while_probes_sti
     assert error_of(refused)["type"] == "overloaded" and "in flight" in error_of(refused)["message"]
     assert live.status_code == 200 and after.status_code == 200, "probes pass the limit; the slot is freed after the answer"
     assert rejected == 1
+
+
+async def test_a_client_that_leaves_has_its_queued_text_dropped(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Gate().installed(monkeypatch) as gate:
+        async with serve(model_workers=1) as (client, app):
+            gate.armed.set()
+            running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
+            await wait_for(lambda: bool(gate.batches))
+            body = json.dumps({"text": "great " * 7}).encode()
+            messages: list[dict[str, object]] = [{"type": "http.request", "body": body, "more_body": False}]
+            gone = asyncio.Event()
+
+            async def receive() -> dict[str, object]:  # the body, then nothing until the client disconnects
+                if messages:
+                    return messages.pop(0)
+                await gone.wait()
+                return {"type": "http.disconnect"}
+
+            sent: list[dict[str, object]] = []
+
+            async def send(message: dict[str, object]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+            }  # fmt: skip
+            leaving = asyncio.create_task(app(scope, receive, send))
+            await wait_for(lambda: app.state.runner.batcher.depth == 1)
+            gone.set()
+            await asyncio.wait_for(leaving, 5)
+            depth = app.state.runner.batcher.depth
+            gate.open.set()
+            assert (await running).status_code == 200, "the other client is served as usual"
+            closed = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "client_closed"})
+    assert depth == 0 and sent == [], "dropped from the queue at once; nothing sent to a closed connection"
+    assert all(7 not in batch for batch in gate.batches), "the text of the client that left never reached the model"
+    assert closed == 1
 
 
 async def test_a_missed_deadline_is_504_and_the_text_never_reaches_the_model(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
