@@ -9,6 +9,8 @@ a lone item runs at once; while all are busy, new items accumulate and the
 next free worker takes them. What is waiting is split evenly over the free
 workers: on a CPU, two batches of 16 on one core each beat one batch of 32 on
 two cores, because the model gains little from batch size (docs/benchmarks.md).
+When a worker's share would be below `min_batch_size`, it takes one item: a
+few mixed-length texts in one forward can cost more than the same texts alone.
 A batch holds items of one key only (say, plain vs explained predictions), at
 most `max_batch_size` of them and at most `max_batch_cost` padded cost (items x
 the costliest item). It always contains the oldest waiting item, so nothing
@@ -79,6 +81,7 @@ class Batcher(Generic[T, R]):
         key: Callable[[T], Hashable] = lambda _: None,
         observe: Callable[[BatchStats], None] | None = None,
         workers: int = 1,
+        min_batch_size: int = 1,
         thread_initializer: Callable[[], None] | None = None,
         thread_name: str = "batch-worker",
     ) -> None:
@@ -92,6 +95,7 @@ class Batcher(Generic[T, R]):
         self.max_batch_cost = max_batch_cost
         self.max_queue = max_queue
         self.workers = workers
+        self.min_batch_size = min_batch_size  # fewer waiting per free worker than this: run them one by one
         self._thread_initializer = thread_initializer
         self._thread_name = thread_name
         self._running: set[asyncio.Task[None]] = set()  # batches on a worker now
@@ -185,7 +189,8 @@ class Batcher(Generic[T, R]):
                 await self._wakeup.wait()
                 continue
             free = self.workers - len(self._running)  # >= 1
-            batch = self._take(min(self.max_batch_size, math.ceil(len(self._waiting) / free)))
+            share = math.ceil(len(self._waiting) / free)
+            batch = self._take(min(self.max_batch_size, share if share >= self.min_batch_size else 1))
             self._report(batch)
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Interface to listen on (`sentiment-serve --host` overrides).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (`sentiment-serve --port` overrides).")
     max_batch_size: int = Field(64, ge=1, description="Most texts per forward pass; 1 turns batching off (the naive baseline).")
+    min_batch_size: int = Field(
+        0,
+        ge=0,
+        description="Batches are 1 text or at least this many: when fewer wait per free worker, they run one by one; "
+        "0 = auto: 16 on CPU (a few mixed-length texts in one packed BiLSTM pass cost more than alone), 1 on CUDA.",
+    )
     max_batch_tokens: int = Field(
         64 * 400, ge=1, description="Most padded tokens (texts x longest text) per forward pass: bounds memory and latency per batch."
     )

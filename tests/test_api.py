@@ -92,7 +92,7 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
 
     monkeypatch.setattr(Runner, "forward", spy)
     texts = [POSITIVE, NEGATIVE, "great", "i hated the plot", "the best film", "boring " * 30, "it was a mess", "superb actors"]
-    async with serve(max_batch_size=64, model_workers=1) as (client, app):
+    async with serve(max_batch_size=64, model_workers=1, min_batch_size=1) as (client, app):
         armed.set()
         first = asyncio.create_task(client.post("/predict", json={"text": texts[0]}))
         while not batches:
@@ -174,7 +174,7 @@ async def test_model_info(serve: ServeFactory, tiny_model_path: Path) -> None:
 
 
 async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: ServeFactory) -> None:
-    async with serve(model_workers=1) as (client, _):  # one worker: the 2-text request is one batch
+    async with serve(model_workers=1, min_batch_size=1) as (client, _):  # one worker, batching from 2 texts: one batch
         await client.post("/predict", json={"texts": ["great " * 40, "zzz film"]})
         await client.post("/predict", json={"text": "great", "explain": True})
         await client.post("/predict", json={"text": ""})

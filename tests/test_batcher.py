@@ -101,16 +101,10 @@ async def test_the_waiting_items_are_split_over_the_free_workers() -> None:
     worker = Worker()
     batcher = make(worker, max_batch_size=64, workers=2)
     batcher.start()
-    blockers = [await hold_worker(batcher, worker)]
-    blockers.append(asyncio.create_task(batcher.submit(["block"])))  # both workers now wait on the gate
-    await until(lambda: worker.batches.count(["block"]) == 2)
-    tasks = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(10)]
-    await until(lambda: batcher.depth == 10)
-    worker.gate.set()
-    assert await asyncio.gather(*tasks) == [[f"T{i}"] for i in range(10)]
-    await asyncio.gather(*blockers)
+    texts = [f"t{i}" for i in range(10)]
+    assert await batcher.submit(texts) == [t.upper() for t in texts]  # all 10 wait before either worker takes any
     await batcher.close()
-    assert sorted(len(b) for b in worker.batches[2:]) == [5, 5], "10 waiting items, 2 free workers: 5 each"
+    assert [len(b) for b in worker.batches] == [5, 5], "10 waiting items, 2 free workers: 5 each"
 
 
 async def test_batches_respect_item_and_cost_limits() -> None:
@@ -142,6 +136,26 @@ async def test_a_batch_takes_the_oldest_item_and_its_closest_lengths() -> None:
     worker.gate.set()
     await asyncio.gather(blocker, *tasks)
     assert [sorted(map(len, b)) for b in worker.batches[1:]] == [[5, 6, 7], [99, 100, 101]]
+    await batcher.close()
+
+
+async def test_below_min_batch_size_items_run_one_by_one_and_above_it_they_batch() -> None:
+    worker = Worker()
+    batcher = make(worker, max_batch_size=64, min_batch_size=4)
+    batcher.start()
+    blocker = await hold_worker(batcher, worker)
+    few = [asyncio.create_task(batcher.submit([f"f{i}"])) for i in range(3)]
+    await until(lambda: batcher.depth == 3)
+    worker.gate.set()
+    await asyncio.gather(blocker, *few)
+    assert worker.batches[1:] == [["f0"], ["f1"], ["f2"]], "3 waiting < 4: one by one"
+    worker.batches.clear()
+    blocker = await hold_worker(batcher, worker)
+    many = [asyncio.create_task(batcher.submit([f"m{i}"])) for i in range(5)]
+    await until(lambda: batcher.depth == 5)
+    worker.gate.set()
+    await asyncio.gather(blocker, *many)
+    assert sorted(worker.batches[1]) == [f"m{i}" for i in range(5)], "5 waiting >= 4: one batch"
     await batcher.close()
 
 

@@ -267,7 +267,7 @@ async def test_a_failing_text_fails_alone_and_bugs_are_opaque_500s(serve: ServeF
     gate = Gate()
     gate.hook = explode_on_three_tokens
     with gate.installed(monkeypatch):
-        async with serve(model_workers=1) as (client, _):
+        async with serve(model_workers=1, min_batch_size=1) as (client, _):
             gate.armed.set()
             first = asyncio.create_task(client.post("/predict", json={"text": "great"}))
             await wait_for(lambda: bool(gate.batches))

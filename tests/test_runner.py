@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from app import runner as runner_module
+from app.config import Settings
 from app.metrics import Metrics
 from app.runner import GOLDEN, DeviceUnavailable, Runner, ThreadPlan, plan_threads, resolve_device
 from contract.artifact import Artifact
@@ -195,3 +197,9 @@ def test_two_workers_give_the_same_results_as_one(tiny_artifact: Artifact) -> No
         return [r[0].p_positive for r in results]
 
     assert asyncio.run(run(2)) == pytest.approx(asyncio.run(run(1)), abs=1e-5)
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(0, runner_module.CPU_MIN_BATCH_SIZE), (3, 3)])
+def test_min_batch_size_is_auto_on_cpu_unless_set(tiny_model_path: Path, configured: int, expected: int) -> None:
+    runner = Runner.from_settings(Settings(model_path=tiny_model_path, device="cpu", min_batch_size=configured))
+    assert runner.batcher.min_batch_size == expected
