@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     outdir = Path(argv[1]) if len(argv) > 1 else DOCS
     outdir.mkdir(exist_ok=True)
     machine = result["machine"]
-    subtitle = (
-        f"{machine['nproc']} vCPU {machine['cpu_model']}, default thread plans; wrk closed loop, 1 IMDb review/request"
-    )
+    subtitle = f"{machine['nproc']} vCPU {machine['cpu_model']}, default thread plans; wrk closed loop, 1 IMDb review/request"
     for key, ylabel, fname, log in (
         ("throughput", "requests (reviews) / s", "bench_throughput.png", False),
         ("p99_ms", "p99 latency (ms)", "bench_p99.png", True),

@@ -124,19 +124,24 @@ def serve_section(serve: dict) -> list[str]:
 
 def variants_section(runs: list[tuple[str, str, dict]]) -> list[str]:
     lines = [
-        "#### Other configurations (separate runs of `bench.serve`, each with its own raw ceiling)",
+        "#### Other configurations (separate runs of `bench.serve`, newest first; each with its own raw ceiling)",
         "",
-        "| run | target | clients | req/s | p50 ms | p99 ms | batch | server CPU | raw best e2e in that run |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | target | req/s by clients | p99 ms by clients | mean batch by clients | raw best e2e, one stream |",
+        "|---|---|---|---|---|---:|",
     ]
     for _name, command, result in runs:
         raw_best = result["raw"]["best_end_to_end"]["reviews_per_s"]
         for target, t in result["targets"].items():
-            for p in t.get("points", []):
-                lines.append(
-                    f"| `{command}` | {target} | {p['clients']} | {f(p['throughput'])} | {f(p['p50_ms'], 2)} | {f(p['p99_ms'], 2)} | "
-                    f"{f(p.get('mean_batch_size'))} | {f(p['server_cores'], 2)} | {f(raw_best)} |"
-                )
+            points = t.get("points", [])
+            if not points:
+                continue
+
+            def row(key: str, digits: int, pts: list[dict] = points) -> str:
+                return " · ".join(f"{p['clients']}: {f(p.get(key), digits)}" for p in pts)
+
+            lines.append(
+                f"| `{command}` | {target} | {row('throughput', 0)} | {row('p99_ms', 0)} | {row('mean_batch_size', 1)} | {f(raw_best)} |"
+            )
     lines.append("")
     return lines
 
@@ -284,14 +289,15 @@ def main() -> None:
     if serve:
         parts += serve_section(serve)
     variants = [
+        ("serve_before_min_batch", "python -m bench.serve (before min_batch_size: batches of any size)"),
         (
-            "serve_fill08",
-            "python -m bench.serve --targets service --seconds 10 --env SENTIMENT_BATCH_MIN_FILL=0.8 --out serve_fill08 (experiment, dropped)",
+            "serve_minbatch16",
+            "... --targets service --clients 8,16,32,64,256 --seconds 10 --env SENTIMENT_MIN_BATCH_SIZE=16 --out serve_minbatch16",
         ),
-        (
-            "serve_fill0",
-            "python -m bench.serve --targets service --seconds 10 --env SENTIMENT_BATCH_MIN_FILL=0 --out serve_fill0 (same build as fill08)",
-        ),
+        ("serve_minbatch1", "same with SENTIMENT_MIN_BATCH_SIZE=1 --out serve_minbatch1 (right after minbatch16)"),
+        ("serve_minbatch8", "same with --targets service,naive SENTIMENT_MIN_BATCH_SIZE=8 --out serve_minbatch8 (tests ran beside it)"),
+        ("serve_fill08", "... --targets service --seconds 10 --env SENTIMENT_BATCH_MIN_FILL=0.8 --out serve_fill08 (experiment, dropped)"),
+        ("serve_fill0", "same with SENTIMENT_BATCH_MIN_FILL=0 --out serve_fill0 (same build as fill08)"),
         ("serve_one_worker", "first version (1 model thread x 2 torch threads; TorchServe 1 worker x 2 threads): python -m bench.serve"),
         ("serve_threads1", "first version: python -m bench.serve --threads 1 --out serve_threads1"),
     ]
