@@ -6,9 +6,11 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from app import runner as runner_module
 from app.runner import Runner
@@ -50,6 +52,19 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.002)
     raise AssertionError("condition never became true")
+
+
+@asynccontextmanager
+async def model_held(
+    serve: ServeFactory, monkeypatch: pytest.MonkeyPatch, **settings: object
+) -> AsyncIterator[tuple[Gate, httpx.AsyncClient, FastAPI, asyncio.Task[httpx.Response]]]:
+    """A served app with one model worker, busy with one request ("great") until `gate.open` is set."""
+    with Gate().installed(monkeypatch) as gate:
+        async with serve(model_workers=1, **settings) as (client, app):
+            gate.armed.set()
+            running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
+            await wait_for(lambda: bool(gate.batches))
+            yield gate, client, app, running
 
 
 def error_of(response: object) -> dict[str, str]:
@@ -155,20 +170,21 @@ async def test_api_key_guards_predict_only(serve: ServeFactory) -> None:
 
 
 async def test_a_full_queue_answers_503_with_retry_after_at_once(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Gate().installed(monkeypatch) as gate:
-        async with serve(max_queue=2, max_items_per_request=2, model_workers=1) as (client, app):  # one gated worker holds all
-            gate.armed.set()
-            running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
-            await wait_for(lambda: bool(gate.batches))
-            queued = asyncio.create_task(client.post("/predict", json={"texts": ["good", "bad"]}))
-            await wait_for(lambda: app.state.runner.batcher.depth == 2)
-            refused = await client.post("/predict", json={"text": "one more"})
-            refused_oip = await client.post(
-                "/v2/models/tiny-test-model/infer", json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
-            )
-            gate.open.set()
-            assert (await running).status_code == 200 and (await queued).status_code == 200
-            rejected = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "overloaded"})
+    async with model_held(serve, monkeypatch, max_queue=2, max_items_per_request=2) as (
+        gate,
+        client,
+        app,
+        running,
+    ):  # one gated worker holds all
+        queued = asyncio.create_task(client.post("/predict", json={"texts": ["good", "bad"]}))
+        await wait_for(lambda: app.state.runner.batcher.depth == 2)
+        refused = await client.post("/predict", json={"text": "one more"})
+        refused_oip = await client.post(
+            "/v2/models/tiny-test-model/infer", json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+        )
+        gate.open.set()
+        assert (await running).status_code == 200 and (await queued).status_code == 200
+        rejected = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "overloaded"})
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert error_of(refused)["type"] == "overloaded"
     assert refused_oip.status_code == 503 and "queue" in refused_oip.json()["error"]
@@ -178,17 +194,13 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(serve: ServeFac
 async def test_requests_past_the_in_flight_limit_get_503_unread_while_probes_still_answer(
     serve: ServeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Gate().installed(monkeypatch) as gate:
-        async with serve(max_in_flight=1, model_workers=1) as (client, app):
-            gate.armed.set()
-            running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
-            await wait_for(lambda: bool(gate.batches))
-            refused = await client.post("/predict", json={"text": "one more"})
-            live = await client.get("/health/live")
-            gate.open.set()
-            assert (await running).status_code == 200
-            after = await client.post("/predict", json={"text": "after"})
-            rejected = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "overloaded"})
+    async with model_held(serve, monkeypatch, max_in_flight=1) as (gate, client, app, running):
+        refused = await client.post("/predict", json={"text": "one more"})
+        live = await client.get("/health/live")
+        gate.open.set()
+        assert (await running).status_code == 200
+        after = await client.post("/predict", json={"text": "after"})
+        rejected = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "overloaded"})
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert error_of(refused)["type"] == "overloaded" and "in flight" in error_of(refused)["message"]
     assert live.status_code == 200 and after.status_code == 200, "probes pass the limit; the slot is freed after the answer"
@@ -196,55 +208,47 @@ async def test_requests_past_the_in_flight_limit_get_503_unread_while_probes_sti
 
 
 async def test_a_client_that_leaves_has_its_queued_text_dropped(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Gate().installed(monkeypatch) as gate:
-        async with serve(model_workers=1) as (client, app):
-            gate.armed.set()
-            running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
-            await wait_for(lambda: bool(gate.batches))
-            body = json.dumps({"text": "great " * 7}).encode()
-            messages: list[dict[str, object]] = [{"type": "http.request", "body": body, "more_body": False}]
-            gone = asyncio.Event()
+    async with model_held(serve, monkeypatch) as (gate, _client, app, running):
+        body = json.dumps({"text": "great " * 7}).encode()
+        messages: list[dict[str, object]] = [{"type": "http.request", "body": body, "more_body": False}]
+        gone = asyncio.Event()
 
-            async def receive() -> dict[str, object]:  # the body, then nothing until the client disconnects
-                if messages:
-                    return messages.pop(0)
-                await gone.wait()
-                return {"type": "http.disconnect"}
+        async def receive() -> dict[str, object]:  # the body, then nothing until the client disconnects
+            if messages:
+                return messages.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
 
-            sent: list[dict[str, object]] = []
+        sent: list[dict[str, object]] = []
 
-            async def send(message: dict[str, object]) -> None:
-                sent.append(message)
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
 
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-                "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-                "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
-            }  # fmt: skip
-            leaving = asyncio.create_task(app(scope, receive, send))
-            await wait_for(lambda: app.state.runner.batcher.depth == 1)
-            gone.set()
-            await asyncio.wait_for(leaving, 5)
-            depth = app.state.runner.batcher.depth
-            gate.open.set()
-            assert (await running).status_code == 200, "the other client is served as usual"
-            closed = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "client_closed"})
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+        }  # fmt: skip
+        leaving = asyncio.create_task(app(scope, receive, send))
+        await wait_for(lambda: app.state.runner.batcher.depth == 1)
+        gone.set()
+        await asyncio.wait_for(leaving, 5)
+        depth = app.state.runner.batcher.depth
+        gate.open.set()
+        assert (await running).status_code == 200, "the other client is served as usual"
+        closed = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "client_closed"})
     assert depth == 0 and sent == [], "dropped from the queue at once; nothing sent to a closed connection"
     assert all(7 not in batch for batch in gate.batches), "the text of the client that left never reached the model"
     assert closed == 1
 
 
 async def test_a_missed_deadline_is_504_and_the_text_never_reaches_the_model(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Gate().installed(monkeypatch) as gate:
-        async with serve(model_workers=1) as (client, app):
-            gate.armed.set()
-            running = asyncio.create_task(client.post("/predict", json={"text": "great"}))
-            await wait_for(lambda: bool(gate.batches))
-            late = await client.post("/predict", json={"text": "great " * 7}, headers={"X-Request-Timeout-Ms": "50"})
-            depth_after = app.state.runner.batcher.depth
-            gate.open.set()
-            assert (await running).status_code == 200
+    async with model_held(serve, monkeypatch) as (gate, client, app, running):
+        late = await client.post("/predict", json={"text": "great " * 7}, headers={"X-Request-Timeout-Ms": "50"})
+        depth_after = app.state.runner.batcher.depth
+        gate.open.set()
+        assert (await running).status_code == 200
     assert late.status_code == 504 and error_of(late)["type"] == "deadline_exceeded"
     assert depth_after == 0
     assert all(7 not in batch for batch in gate.batches), "the expired text was dropped from the queue"
