@@ -168,6 +168,7 @@ def rss_windows(s: dict) -> tuple[float, float]:
 
 
 SOAK_RUNS = {
+    "soak_10min_before_min_batch": "python -m bench.soak --capacity 185 (malloc tuning, before min_batch_size and the disconnect check)",
     "soak_with_trim": "python -m bench.soak --capacity 185 --out soak_with_trim (experiment, dropped: also malloc_trim after start-up and every 10 s when idle)",
     "soak_glibc_default": "python -m bench.soak --out soak_glibc_default (before app/allocator.py: glibc's default malloc)",
     "soak_mmap_threshold": "MALLOC_MMAP_THRESHOLD_=131072 python -m bench.soak --seconds 240 --out soak_mmap_threshold (before app/allocator.py)",
@@ -196,7 +197,8 @@ def soak_section(s: dict) -> list[str]:
     lines = [
         "### 4. Soak",
         "",
-        f"`python -m bench.soak` — open loop (Poisson) at {s['rate_req_s']:.0f} req/s, ~70 % of the {s['capacity_req_s']:.0f} req/s the "
+        f"`python -m bench.soak --seconds {s['seconds']:.0f} --capacity {s['capacity_req_s']:.0f}` (final build) — open loop (Poisson) "
+        f"at {s['rate_req_s']:.0f} req/s, ~70 % of the {s['capacity_req_s']:.0f} req/s the "
         "service sustained at 64 clients, single-text requests. Pass = 0 errors, RSS growth < 5 % (mean of the last 10 % "
         "of the run vs mean over 10–20 %), healthy after. Other soak runs are listed for what they show (see the discussion).",
         "",
