@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +18,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from app import batcher
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +96,20 @@ def error_response(path: str, status: int, type_: str, message: str, headers: Ma
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
-def _from_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    if exc.status in (503, 504) and (metrics := getattr(request.app.state, "metrics", None)) is not None:
+def service_error_response(path: str, exc: ServiceError, metrics: Metrics | None) -> JSONResponse:
+    """The answer to a ServiceError, raised in a route or met in middleware; refusals (503, 504) are counted."""
+    if exc.status in (503, 504) and metrics is not None:
         metrics.rejected.labels(exc.type).inc()
-    return error_response(request.url.path, exc.status, exc.type, exc.message, exc.headers)
+    return error_response(path, exc.status, exc.type, exc.message, exc.headers)
+
+
+def documented(model: type, descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI `responses`: each error status with its body model and what it means there."""
+    return {status: {"model": model, "description": description} for status, description in descriptions.items()}
+
+
+def _from_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return service_error_response(request.url.path, exc, getattr(request.app.state, "metrics", None))
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:

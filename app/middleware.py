@@ -19,7 +19,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import Overloaded, PayloadTooLarge, error_response
+from app.errors import Overloaded, PayloadTooLarge, error_response, service_error_response
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -68,11 +68,8 @@ class RequestEnvelope:
             if scope["method"] in _BODYLESS:
                 await self.app(scope, receive, send_with_id)
             elif self.in_flight >= self.max_in_flight:
-                self.metrics.rejected.labels(Overloaded.type).inc()
                 message = f"{self.in_flight} requests in flight, the limit is {self.max_in_flight}; retry later"
-                await error_response(scope["path"], Overloaded.status, Overloaded.type, message, Overloaded.headers)(
-                    scope, receive, send_with_id
-                )
+                await service_error_response(scope["path"], Overloaded(message), self.metrics)(scope, receive, send_with_id)
             else:
                 self.in_flight += 1
                 try:
@@ -143,9 +140,8 @@ class RequestEnvelope:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    @staticmethod
-    async def _too_large(scope: Scope, receive: Receive, send: Send, message: str) -> None:
-        response = error_response(scope["path"], PayloadTooLarge.status, PayloadTooLarge.type, message)
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        response = service_error_response(scope["path"], PayloadTooLarge(message), self.metrics)
         response.headers["Connection"] = "close"  # the rest of the body is never read
         await response(scope, receive, send)
 

@@ -102,10 +102,10 @@ def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_text
         url = f"{server.base}{server.extra['path']}"
         pid_cpu, pid_rss = common.tree_cpu_seconds, common.tree_rss_mb
     else:
-        env = {"SENTIMENT_MODEL_PATH": str(args.model), "SENTIMENT_MAX_BATCH_SIZE": "1" if target == "naive" else "64"}
-        env.update(dict(kv.split("=", 1) for kv in args.env))
+        settings = {"SENTIMENT_MAX_BATCH_SIZE": "1" if target == "naive" else "64"}
         if threads:
-            env["SENTIMENT_TORCH_THREADS"] = threads
+            settings["SENTIMENT_TORCH_THREADS"] = threads
+        env = common.service_env(args, **settings)
         server = common.start_service(env, name=target)
         url = f"{server.base}/predict"
         pid_cpu, pid_rss = common.cpu_seconds, lambda pid: common.rss_mb(pid)[0]

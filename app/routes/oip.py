@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.config import Settings
 from app.dependencies import get_runner, get_settings, not_ready_reason, request_timeout, require_api_key
-from app.errors import InvalidInput, NotFound, NotReady
+from app.errors import InvalidInput, NotFound, NotReady, documented
 from app.runner import Runner
 from app.schemas import (
     InferOutput,
@@ -35,9 +35,9 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 INPUT = TensorMetadata(name="text", datatype="BYTES", shape=[-1])
 OUTPUT = TensorMetadata(name="p_positive", datatype="FP32", shape=[-1])
 PLATFORM = "pytorch_torchscript"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OipError, "description": description}
-    for status, description in {
+ERRORS = documented(
+    OipError,
+    {
         400: "Malformed JSON or invalid UTF-8.",
         401: "Missing or wrong API key.",
         413: "Body over the size limit.",
@@ -45,8 +45,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         422: "Invalid request.",
         503: "Not ready, overloaded or shutting down.",
         504: "Deadline exceeded.",
-    }.items()
-}
+    },
+)
 
 
 def _server_version() -> str:

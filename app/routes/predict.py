@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
 from app.config import Settings
 from app.dependencies import get_runner, get_settings, request_timeout, require_api_key
+from app.errors import documented
 from app.runner import Prediction, Runner
 from app.schemas import (
     PREDICT_EXAMPLES,
@@ -22,17 +23,17 @@ from app.schemas import (
 
 router = APIRouter(tags=["predict"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
+ERRORS = documented(
+    ErrorResponse,
+    {
         400: "Malformed JSON or invalid UTF-8.",
         401: "Missing or wrong API key (only when one is configured).",
         413: "Body over the size limit.",
         422: "Invalid input, named in the message.",
         503: "Queue full or shutting down; retry after `Retry-After` seconds.",
         504: "Not served within the deadline.",
-    }.items()
-}
+    },
+)
 
 
 def _out(prediction: Prediction) -> PredictionOut:
