@@ -141,7 +141,7 @@ def cli(argv: list[str] | None = None) -> None:
         )
         _fail(f"invalid settings: {problems}", 2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    allocator.tune()  # before the model allocates: keeps RSS flat under load (app/allocator.py)
+    allocator.tune()  # before the model allocates: 2 malloc arenas (app/allocator.py)
     try:
         artifact = artifact_io.load(settings.model_path, resolve_device(settings.device))
     except (ArtifactError, DeviceUnavailable) as exc:

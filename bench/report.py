@@ -168,6 +168,11 @@ def rss_windows(s: dict) -> tuple[float, float]:
 
 
 SOAK_RUNS = {
+    "soak_arena2_only": "python -m bench.soak --capacity 185 --env MALLOC_ARENA_MAX=2 --out soak_arena2_only (what app/allocator.py now does)",
+    "soak_glibc_default_now": (
+        "python -m bench.soak --capacity 185 --env MALLOC_ARENA_MAX=16 --out soak_glibc_default_now (glibc's default arenas on 2 cores, same build)"
+    ),
+    "soak_fixed_mmap_20min": "python -m bench.soak --seconds 1200 --capacity 185 (mmap threshold fixed at 128 KiB + 2 arenas; before it was dropped)",
     "soak_10min_before_min_batch": "python -m bench.soak --capacity 185 (malloc tuning, before min_batch_size and the disconnect check)",
     "soak_with_trim": "python -m bench.soak --capacity 185 --out soak_with_trim (experiment, dropped: also malloc_trim after start-up and every 10 s when idle)",
     "soak_glibc_default": "python -m bench.soak --out soak_glibc_default (before app/allocator.py: glibc's default malloc)",
@@ -291,6 +296,23 @@ def main() -> None:
     if serve:
         parts += serve_section(serve)
     variants = [
+        ("serve_fixed_mmap", "python -m bench.serve (before malloc kept its own mmap threshold: fixed at 128 KiB + 2 arenas)"),
+        (
+            "ab_malloc_on",
+            "... --targets service --clients 64,256 --seconds 10 --out ab_malloc_on (mmap threshold fixed at 128 KiB + 2 arenas)",
+        ),
+        ("ab_malloc_off", "same with --env MALLOC_ARENA_MAX=2 --out ab_malloc_off (2 arenas, glibc's own threshold), right after"),
+        ("ab_malloc_on2", "same as ab_malloc_on, right after ab_malloc_off"),
+        (
+            "ab_mmap2m",
+            "... --clients 1,8,64,256 --env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=2097152 --out ab_mmap2m (threshold fixed at 2 MiB, dropped)",
+        ),
+        ("ab_arena2", "same with --env MALLOC_ARENA_MAX=2 --out ab_arena2, right after ab_mmap2m"),
+        ("ab_model_sentiment", "... --clients 8,64,256 --env MALLOC_ARENA_MAX=2 --out ab_model_sentiment (the shipped model)"),
+        (
+            "ab_model_new",
+            "same with --model new.pt: the shipped weights re-exported with a dense BiLSTM route for close lengths (dropped)",
+        ),
         ("serve_before_min_batch", "python -m bench.serve (before min_batch_size: batches of any size)"),
         (
             "serve_minbatch16",
