@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from contract.text import tokenize, tokenize_with_spans
 
 
@@ -54,3 +56,16 @@ def test_spans_point_into_the_original_text() -> None:
 def test_very_long_text_is_tokenized_linearly() -> None:
     text = "good " * 200_000
     assert len(tokenize(text)) == 200_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I LOVED it!!! <br /><br />Don't MISS &amp; tell: <I>Great</I> movie?",
+        "The END_of TIME 2001: <a href='x'>Link</a> &#39;quoted&#39; isn't bad, is it?",
+        "Caf\u00e9 DON\u2019T \uff2c\uff2f\uff36\uff25 it! <BR>",  # not ASCII: the per-token path
+        "",
+    ],
+)
+def test_fast_and_per_token_paths_give_the_same_tokens(text: str) -> None:
+    assert tokenize(text) == [t.text for t in tokenize_with_spans(text)]
