@@ -1,4 +1,4 @@
-"""What routes get injected: the runner, the settings, the caller's deadline, the API-key check, readiness.
+"""What routes get injected: the runner, or for inference the runner, settings, deadline and API-key check; readiness.
 
 All `async def` although none awaits: FastAPI runs a plain `def` dependency in
 its thread pool, a hop per dependency per request (py-spy: 12 % of the event
@@ -8,6 +8,7 @@ loop's time went to those hops); these never block, so they run inline.
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -18,10 +19,6 @@ from app.errors import InvalidInput, Unauthorized
 from app.runner import Runner
 
 _bearer = HTTPBearer(auto_error=False, description="Only when the server sets SENTIMENT_API_KEY.")
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 async def get_runner(request: Request) -> Runner:
@@ -40,11 +37,37 @@ def not_ready_reason(request: Request) -> str | None:
     return None
 
 
-async def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """What an inference route needs, resolved once per request: the runner, the settings, the caller's deadline."""
+
+    runner: Runner
+    settings: Settings
+    timeout: float | None  # seconds; None = no limit
+
+
+async def inference(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """401 unless the configured key is presented as a Bearer token (compared in constant time)."""
+    x_request_timeout_ms: Annotated[
+        str | None, Header(description="Give up (504) if not answered within this many milliseconds; at most the server's default.")
+    ] = None,
+) -> Inference:
+    """The API-key check and the deadline in one dependency.
+
+    One node instead of a graph of small ones: FastAPI's dependency solving
+    cost 0.2-0.4 ms per request with the former 8 nodes (an in-process probe
+    with the model stubbed out: 1.33-1.51 vs 1.08-1.11 ms per /predict), which
+    the event loop spends on every request. The bearer scheme and the header
+    stay declared here, so OpenAPI still documents both.
+    """
+    settings: Settings = request.app.state.settings
+    check_api_key(settings, credentials)
+    return Inference(request.app.state.runner, settings, deadline(settings, x_request_timeout_ms))
+
+
+def check_api_key(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """Unauthorized unless the configured key is presented as a Bearer token (compared in constant time)."""
     if settings.api_key is None:
         return
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -53,12 +76,7 @@ async def require_api_key(
         raise Unauthorized("invalid API key")
 
 
-async def request_timeout(
-    settings: Annotated[Settings, Depends(get_settings)],
-    x_request_timeout_ms: Annotated[
-        str | None, Header(description="Give up (504) if not answered within this many milliseconds; at most the server's default.")
-    ] = None,
-) -> float | None:
+def deadline(settings: Settings, x_request_timeout_ms: str | None) -> float | None:
     """Seconds this request may take: the client's deadline, capped by the server default (None = no limit)."""
     default = settings.request_timeout_ms or None
     if x_request_timeout_ms is None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from app.config import Settings
-from app.dependencies import get_runner, get_settings, not_ready_reason, request_timeout, require_api_key
+from app.dependencies import Inference, get_runner, inference, not_ready_reason
 from app.errors import InvalidInput, NotFound, NotReady, documented
 from app.runner import Runner
 from app.schemas import (
@@ -143,25 +143,17 @@ def _ready(request: Request, runner: Runner, name: str, version: str | None) -> 
     return ModelReady(name=name, ready=True)
 
 
-async def _infer(
-    body: InferRequest, runner: Runner, settings: Settings, timeout: float | None, name: str, version: str | None
-) -> InferResponse:
-    manifest = _model(runner, name, version).artifact.manifest
-    texts = _texts(body, settings)
-    predictions = await runner.predict(texts, timeout=timeout)
+async def _infer(body: InferRequest, call: Inference, name: str, version: str | None) -> InferResponse:
+    manifest = _model(call.runner, name, version).artifact.manifest
+    texts = _texts(body, call.settings)
+    predictions = await call.runner.predict(texts, timeout=call.timeout)
     output = InferOutput(name=OUTPUT.name, shape=[len(texts)], datatype=OUTPUT.datatype, data=[p.p_positive for p in predictions])
     return InferResponse(model_name=manifest.name, model_version=manifest.version, id=body.id, outputs=[output])
 
 
 RunnerDep = Annotated[Runner, Depends(get_runner)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-TimeoutDep = Annotated[float | None, Depends(request_timeout)]
-INFER = {
-    "response_model": InferResponse,
-    "response_model_exclude_none": True,
-    "responses": ERRORS,
-    "dependencies": [Depends(require_api_key)],
-}
+InferenceDep = Annotated[Inference, Depends(inference)]
+INFER = {"response_model": InferResponse, "response_model_exclude_none": True, "responses": ERRORS}
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
@@ -185,14 +177,12 @@ async def model_version_ready(request: Request, runner: RunnerDep, name: str, ve
 
 
 @router.post("/models/{name}/infer", **INFER)  # type: ignore[arg-type]
-async def infer(body: InferRequest, runner: RunnerDep, settings: SettingsDep, timeout: TimeoutDep, name: str) -> InferResponse:
+async def infer(body: InferRequest, call: InferenceDep, name: str) -> InferResponse:
     """P(positive) for each text of the BYTES input `text`; shares batches with /predict."""
-    return await _infer(body, runner, settings, timeout, name, None)
+    return await _infer(body, call, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER)  # type: ignore[arg-type]
-async def infer_version(
-    body: InferRequest, runner: RunnerDep, settings: SettingsDep, timeout: TimeoutDep, name: str, version: str
-) -> InferResponse:
+async def infer_version(body: InferRequest, call: InferenceDep, name: str, version: str) -> InferResponse:
     """As `infer`, for an explicit model version."""
-    return await _infer(body, runner, settings, timeout, name, version)
+    return await _infer(body, call, name, version)

@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from app.config import Settings
-from app.dependencies import get_runner, get_settings, request_timeout, require_api_key
+from app.dependencies import Inference, inference
 from app.errors import documented
-from app.runner import Prediction, Runner
+from app.runner import Prediction
 from app.schemas import (
     PREDICT_EXAMPLES,
     ErrorResponse,
@@ -52,12 +51,9 @@ def _out(prediction: Prediction) -> PredictionOut:
     )
 
 
-@router.post("/predict", response_model=PredictResponse, responses=ERRORS, dependencies=[Depends(require_api_key)])
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
 async def predict(
-    body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)],
-    runner: Annotated[Runner, Depends(get_runner)],
-    settings: Annotated[Settings, Depends(get_settings)],
-    timeout: Annotated[float | None, Depends(request_timeout)],
+    body: Annotated[PredictRequest, Body(openapi_examples=PREDICT_EXAMPLES)], call: Annotated[Inference, Depends(inference)]
 ) -> PredictResponse:
     """Sentiment of each text, in input order. Concurrent requests share forward passes."""
     texts = body.items
@@ -65,7 +61,7 @@ async def predict(
         field, item = "text", lambda _: "text"
     else:
         field, item = "texts", lambda i: f"texts.{i}"
-    check_texts(texts, field=field, item=item, max_items=settings.max_items_per_request, max_chars=settings.max_text_chars)
-    predictions = await runner.predict(texts, explain=body.explain, timeout=timeout)
-    manifest = runner.artifact.manifest
+    check_texts(texts, field=field, item=item, max_items=call.settings.max_items_per_request, max_chars=call.settings.max_text_chars)
+    predictions = await call.runner.predict(texts, explain=body.explain, timeout=call.timeout)
+    manifest = call.runner.artifact.manifest
     return PredictResponse(model=manifest.name, model_version=manifest.version, predictions=[_out(p) for p in predictions])
