@@ -296,6 +296,13 @@ def main() -> None:
     if serve:
         parts += serve_section(serve)
     variants = [
+        ("serve_run2", "python -m bench.serve --out serve_run2 (run 2: the same build as run 1, right after it)"),
+        ("ab_deps_one", "... --targets service --clients 8,64,256 --seconds 10 --out ab_deps_one (one dependency per inference route)"),
+        (
+            "ab_deps_graph",
+            "same with --env PYTHONPATH=<checkout of the commit before> --out ab_deps_graph (8 dependency nodes), right after",
+        ),
+        ("ab_deps_one2", "same as ab_deps_one, right after ab_deps_graph"),
         ("serve_fixed_mmap", "python -m bench.serve (before malloc kept its own mmap threshold: fixed at 128 KiB + 2 arenas)"),
         (
             "ab_malloc_on",
