@@ -4,7 +4,7 @@ Why: glibc gives every thread that allocates while others are alive an arena
 of its own (up to 8 per core), and each keeps what its thread freed. The
 service's threads (event loop, model workers, encoding helpers) each free tens
 of MB of activations per batch. Same build, 10-minute soaks at 70 % of
-capacity: 2 arenas plateau at 481 MiB (peak 507), glibc's 16 at 513 (peak
+capacity: 2 arenas plateau at 481 MiB (peak 507), glibc's 16 at 511 (peak
 553); both flat (-0.5 % and +0.6 %, docs/benchmarks.md).
 
 Not done any more: a fixed mmap threshold (128 KiB; 2 MiB tried too). It

@@ -43,7 +43,7 @@ def test_tuning_caps_the_arenas_threads_get() -> None:
     applied, tuned = arenas("tuned")
     _, default = arenas("default")
     assert applied
-    assert default > 2, f"glibc's default gave {default} arenas to 8 threads (the growth this module exists for)"
+    assert default > 2, f"glibc's default gave {default} arenas to 8 threads (what this module caps)"
     assert tuned <= 2, f"tuned malloc still has {tuned} arenas"
 
 
