@@ -14,7 +14,7 @@ from contract.vocab import pad_batch
 from training import data
 from training.__main__ import main
 from training.calibrate import brier, expected_calibration_error, fit_temperature
-from training.loop import bucketed, crop_to_shortest
+from training.loop import PairIds, bucketed, crop_to_shortest, pair_batches, pair_loss
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb.tar.gz"
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"IMDb tarball not at {DATA}")
@@ -30,6 +30,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(DATA),
         "--cad-dir",
         str(DATA.parent / "cad"),
+        "--cad",
+        "--pair-weight",
+        "0.5",
         "--out",
         str(out),
         "--limit",
@@ -61,6 +64,7 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert len(m.data_sha256) == 64
     assert set(m.metrics["test"]) >= {"accuracy", "f1", "roc_auc", "ece_15", "brier"}
     assert m.metrics["test"]["n"] == 300  # 150 per class
+    assert m.training["cad_train_pairs"] == 150  # --limit caps the CAD pairs too
     assert m.holdout["reviews_dropped"] == 753 and m.holdout["listed"] == 753 and len(m.holdout["sha256"]) == 64
     robust = m.metrics["robustness"]
     assert robust["cad_dev_original"]["n"] == robust["cad_dev_revised"]["n"] == robust["cad_dev_pairs"]["n"] == 245
@@ -150,3 +154,28 @@ def test_crop_to_shortest_equalises_lengths_keeping_head_and_tail() -> None:
     assert cropped[1] == batch[1]  # the shortest is untouched
     assert cropped[0] == [0, 1, 4, 5, 6, 7, 8, 9]  # 2 from the head, 6 from the tail
     assert cropped[2][:2] == [200, 201] and cropped[2][-1] == 211
+
+
+def test_pair_batches_cover_each_pair_as_often_as_asked() -> None:
+    import random
+    from collections import Counter
+
+    pairs = [PairIds([1] * n, [2] * n, n % 2) for n in range(1, 11)]
+    batches = pair_batches(pairs, 2.5, 4, random.Random(0))
+    counts = Counter(i for b in batches for i in b)
+    assert sum(counts.values()) == 25 and set(counts.values()) <= {2, 3} and set(counts) == set(range(10))
+
+
+def test_pair_term_penalises_an_edit_that_moves_the_logit_the_wrong_way() -> None:
+    class Fixed(torch.nn.Module):
+        def __init__(self, z: list[float]) -> None:
+            super().__init__()
+            self.z = torch.tensor(z)
+
+        def logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return self.z
+
+    pair = [PairIds([3, 4, 5], [3, 6, 5], 1)]  # a positive original, its negative revision
+    right, wrong = Fixed([1.0, 0.5]), Fixed([0.5, 1.0])  # z_original, z_revised
+    assert pair_loss(right, pair, 1.0, torch.device("cpu")) - pair_loss(right, pair, 0.0, torch.device("cpu")) < 0.48
+    assert pair_loss(wrong, pair, 1.0, torch.device("cpu")) - pair_loss(wrong, pair, 0.0, torch.device("cpu")) > 0.97

@@ -45,11 +45,13 @@ def read(path: Path) -> list[Pair]:
     return pairs
 
 
-def find(given: Path | None) -> Path:
-    """The CAD folder: `given`, else the first of SEARCH that holds dev_paired.tsv."""
+def find(given: Path | None, required: bool = True) -> Path | None:
+    """The CAD folder: `given`, else the first of SEARCH that holds dev_paired.tsv; None if absent and not `required`."""
     if given is not None:
         return given
     for candidate in SEARCH:
         if (candidate / "dev_paired.tsv").is_file():
             return candidate
+    if not required:
+        return None
     raise CadError(f"no CAD folder found in {', '.join(map(str, SEARCH))}; pass --cad-dir PATH")

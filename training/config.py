@@ -22,6 +22,10 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = all cores (use 1 on a shared machine: OpenMP stragglers cost 10x)
     holdout: bool = True  # drop the robustness holdout (training/robustness-holdout.txt) from every step: contrast sets are edits of it
     cad_dir: Path | None = None  # folder with CAD's {train,dev}_paired.tsv; None: data/cad, then ../shared/data/cad
+    cad: bool = False  # train on CAD's 1,707 train pairs too (revisions are text IMDb lacks); off until a v2 ships with it
+    cad_passes: float = 2.0  # CAD pairs seen per epoch: 1,707 pairs are 8 % of IMDb train, so upweight them
+    pair_weight: float = 0.0  # weight of the pairwise term pushing a pair's two logits to opposite sides (0 = off)
+    pair_batch: int = 32  # pairs per CAD batch (64 texts), both members of a pair in the same batch
     limit: int | None = None  # reviews per split and class; for smoke tests only
     validation_fraction: float = 0.1  # of train movies held out for early stopping and calibration
     vocab_size: int = 30_000  # covers ~98% of review tokens; the embedding table dominates file size (30k x 128 x 4 B = 15 MB)

@@ -79,6 +79,40 @@ def predict_logits(model: SentimentLSTM, ids: Sequence[list[int]], batch_size: i
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class PairIds:
+    """A counterfactual pair as ids: the original, its label-flipping revision, and the original's label."""
+
+    original: list[int]
+    revised: list[int]
+    label: int  # of the original; the revision's is 1 - label
+
+
+def pair_batches(pairs: Sequence[PairIds], passes: float, pair_batch: int, rng: random.Random) -> list[list[int]]:
+    """Length-bucketed batches of pair indices covering `passes` × the pairs (a fraction takes a random part)."""
+    whole, part = int(passes), passes - int(passes)
+    order = list(range(len(pairs))) * whole + rng.sample(range(len(pairs)), round(part * len(pairs)))
+    lengths = [len(pairs[i].original) for i in order]
+    return [[order[j] for j in batch] for batch in bucketed(lengths, pair_batch, rng)]
+
+
+def pair_loss(model: SentimentLSTM, batch: Sequence[PairIds], pair_weight: float, device: torch.device) -> torch.Tensor:
+    """BCE on both members of each pair, plus `pair_weight` × a term that pushes the two logits apart.
+
+    The term is softplus(-s·(z_original - z_revised)) with s = +1 when the original is positive: a
+    logistic ranking loss that is small only when the minimal edit moved the logit the way the label
+    moved, which is exactly what the CAD revisions measure.
+    """
+    x, lens = pad_batch(crop_to_shortest([p.original for p in batch] + [p.revised for p in batch]))  # [2P, T], [2P]
+    z = model.logits(x.to(device), lens.to(device))  # [2P]
+    y_original = torch.tensor([float(p.label) for p in batch], device=device)  # [P]
+    loss = F.binary_cross_entropy_with_logits(z, torch.cat([y_original, 1 - y_original]))
+    if pair_weight:
+        z_original, z_revised = z.chunk(2)  # [P], [P]
+        loss = loss + pair_weight * F.softplus(-(2 * y_original - 1) * (z_original - z_revised)).mean()
+    return loss
+
+
 def fit(
     model: SentimentLSTM,
     train_ids: Sequence[list[int]],
@@ -87,11 +121,17 @@ def fit(
     val_labels: Sequence[int],
     config: TrainConfig,
     device: torch.device,
+    pairs: Sequence[PairIds] = (),
 ) -> History:
-    """Train in place; on return the model holds the weights of the best validation-loss epoch."""
+    """Train in place; on return the model holds the weights of the best validation-loss epoch.
+
+    CAD `pairs` get batches of their own (both members together, so the pairwise term sees them),
+    shuffled among the IMDb batches: one schedule, one optimizer, not a fine-tune bolted on after.
+    """
     rng = random.Random(config.seed)
     lengths = [len(x) for x in train_ids]
-    steps = math.ceil(len(train_ids) / config.batch_size) * config.epochs
+    per_epoch_pairs = len(pair_batches(pairs, config.cad_passes, config.pair_batch, random.Random(0))) if pairs else 0
+    steps = (math.ceil(len(train_ids) / config.batch_size) + per_epoch_pairs) * config.epochs
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(0.1, 2.5 / steps)  # 10% warm-up; tiny smoke runs need >= 2 warm-up steps or OneCycleLR divides by 0
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(steps, 3), pct_start=min(warmup, 0.5))
@@ -100,11 +140,18 @@ def fit(
     for epoch in range(1, config.epochs + 1):
         start, total, seen = time.perf_counter(), 0.0, 0
         model.train()
-        bar = tqdm(bucketed(lengths, config.batch_size, rng), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
-        for batch in bar:
-            x, lens = pad_batch(crop_to_shortest([train_ids[i] for i in batch]))  # [B, T], [B] with all lengths equal
-            y = torch.tensor([train_labels[i] for i in batch], dtype=torch.float32, device=device)  # [B]
-            loss = F.binary_cross_entropy_with_logits(model.logits(x.to(device), lens.to(device)), y)
+        plan = [("imdb", b) for b in bucketed(lengths, config.batch_size, rng)]
+        if pairs:
+            plan += [("cad", b) for b in pair_batches(pairs, config.cad_passes, config.pair_batch, rng)]
+            rng.shuffle(plan)
+        bar = tqdm(plan, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        for kind, batch in bar:
+            if kind == "cad":
+                loss = pair_loss(model, [pairs[i] for i in batch], config.pair_weight, device)
+            else:
+                x, lens = pad_batch(crop_to_shortest([train_ids[i] for i in batch]))  # [B, T], [B] with all lengths equal
+                y = torch.tensor([train_labels[i] for i in batch], dtype=torch.float32, device=device)  # [B]
+                loss = F.binary_cross_entropy_with_logits(model.logits(x.to(device), lens.to(device)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
