@@ -131,7 +131,9 @@ def load(path: Path, validation_fraction: float = 0.1, seed: int = 0, limit: int
     )
 
 
-SEARCH = (Path("../shared/data/aclImdb.tar.gz"), Path("data/aclImdb_v1.tar.gz"), Path("data/aclImdb"), Path("aclImdb"))
+# Where a user has the dataset (what --download writes first). Contributors on the dev machines pass
+# --data ../shared/data/aclImdb.tar.gz (docs/contributing.md): a checkout-relative path is no user default.
+SEARCH = (Path("data/aclImdb_v1.tar.gz"), Path("data/aclImdb.tar.gz"), Path("data/aclImdb"), Path("aclImdb"))
 
 
 def find(given: Path | None, allow_download: bool = False) -> Path:
