@@ -23,7 +23,7 @@ from app import allocator, errors
 from app.config import Settings
 from app.metrics import Metrics
 from app.middleware import RequestEnvelope
-from app.routes import demo, health, model, oip, predict
+from app.routes import demo, docs, health, model, oip, predict
 from app.routes import metrics as metrics_route
 from app.runner import DeviceUnavailable, resolve_device
 from app.server import Protocol, Server
@@ -52,7 +52,14 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
         finally:
             await service.stop()  # the server already served its connections; this waits for other listeners, then the runner
 
-    app = FastAPI(title="Sentiment service", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Sentiment service",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by app/routes/docs.py from a package, not a CDN
+        redoc_url=None,  # ReDoc has no offline bundle here; Swagger UI at /docs covers it
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = service
@@ -66,7 +73,7 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Request-Timeout-Ms"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    for module in (predict, health, model, metrics_route, oip, demo):
+    for module in (predict, health, model, metrics_route, oip, demo, docs):
         app.include_router(module.router)
     return app
 
