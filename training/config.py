@@ -16,7 +16,7 @@ class TrainConfig:
     download: bool = False  # fetch the official tarball (sha256-verified) if no local copy is found
     out: Path = Path("models/sentiment.pt")  # where the artifact goes; model card + plots go beside it
     name: str = "imdb-bilstm"  # model name served in responses and OIP v2 routes
-    version: str = "1.0.0"  # bump when the shipped model changes
+    version: str = "1.1.0"  # bump when the shipped model changes (1.1.0: same weights as 1.0.0, dense BiLSTM route)
     seed: int = 0  # seeds python/torch and the movie split: identical runs give identical models on one machine
     device: str = "auto"  # auto = cuda if visible else cpu
     threads: int = 0  # torch intra-op threads; 0 = all cores (use 1 on a shared machine: OpenMP stragglers cost 10x)
