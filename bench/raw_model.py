@@ -34,7 +34,7 @@ import torch
 
 from bench import common
 from contract import artifact as artifact_io
-from contract.vocab import pad_batch
+from contract.predictor import Predictor
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -177,10 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder.encode(t)
     encode_ms = 1000 * (time.perf_counter() - t0) / len(texts)
 
-    def model_only(batch_ids: list[list[int]]) -> list[float]:
-        x, lengths = pad_batch(batch_ids)
-        with torch.inference_mode():
-            return module(x, lengths).tolist()
+    model_only = Predictor(module).forward  # pad_batch + forward under inference_mode + .tolist()
 
     def end_to_end(batch_texts: list[str]) -> list[float]:
         return model_only([encoder.encode(t).ids for t in batch_texts])

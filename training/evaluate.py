@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from contract import artifact
-from contract.vocab import pad_batch
+from contract.predictor import Predictor
 from training import data
 from training.calibrate import brier, expected_calibration_error
 
@@ -37,18 +37,10 @@ def metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float | list
     }
 
 
-@torch.inference_mode()
 def predict_texts(loaded: artifact.Artifact, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """P(positive) FloatTensor[N] for raw texts, via the artifact's encoder: the serving path."""
-    encoder = loaded.encoder
-    ids = [encoder.encode(t).ids for t in texts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = torch.empty(len(ids))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        x, lengths = pad_batch([ids[i] for i in batch])  # [B, T], [B]
-        out[batch] = loaded.module(x, lengths).float()
-    return out
+    """P(positive) FloatTensor[N] for raw texts, via the artifact's encoder and length-sorted batches: the serving path."""
+    predictor = Predictor.from_artifact(loaded, max_batch_size=batch_size, max_batch_tokens=batch_size * loaded.manifest.max_length)
+    return torch.tensor(predictor.predict(texts))
 
 
 def main(argv: list[str] | None = None) -> int:

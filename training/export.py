@@ -29,7 +29,8 @@ import torch
 
 from contract import artifact
 from contract.manifest import Manifest
-from contract.vocab import Vocab, pad_batch
+from contract.predictor import Predictor
+from contract.vocab import Vocab
 from training.model import SentimentLSTM
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,10 @@ class ExportCheckError(Exception):
 def check_parity(eager: SentimentLSTM, scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> float:
     """Max |eager - scripted| over `ids`, batched as the service would batch them."""
     worst = 0.0
+    reference, candidate = Predictor(eager), Predictor(scripted)
     for start in range(0, len(ids), 64):
-        x, lengths = pad_batch(ids[start : start + 64])  # [B, T], [B]
-        worst = max(worst, float((eager(x, lengths) - scripted(x, lengths)).abs().max()))
+        batch = ids[start : start + 64]
+        worst = max(worst, *(abs(a - b) for a, b in zip(reference.forward(batch), candidate.forward(batch), strict=True)))
     if worst > TOLERANCE:
         raise ExportCheckError(f"scripted and eager outputs differ by {worst:.2e} > {TOLERANCE}")
     return worst
@@ -55,10 +57,10 @@ def check_parity(eager: SentimentLSTM, scripted: torch.jit.ScriptModule, ids: Se
 @torch.inference_mode()
 def check_padding_invariance(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> float:
     """Max |p(text alone) - p(text in a mixed, padded batch)| over `ids`."""
-    x, lengths = pad_batch(ids)  # [B, T_max], [B]
-    mixed = scripted(x, lengths)  # [B]
-    alone = torch.cat([scripted(*pad_batch([row])) for row in ids])  # [B]
-    worst = float((mixed - alone).abs().max())
+    predictor = Predictor(scripted)
+    mixed = predictor.forward(ids)  # one padded batch of mixed lengths
+    alone = [predictor.forward([row])[0] for row in ids]
+    worst = max(abs(a - b) for a, b in zip(mixed, alone, strict=True))
     if worst > TOLERANCE:
         raise ExportCheckError(f"output depends on padding/batch-mates by {worst:.2e} > {TOLERANCE}")
     return worst
@@ -88,9 +90,8 @@ def check_fresh_process(path: Path, text: str, expected: float) -> float:
     code = (
         "import sys, json, torch\n"
         "from contract import artifact\n"
-        "from contract.vocab import pad_batch\n"
-        f"a = artifact.load({str(path)!r})\n"
-        f"p = float(a.module(*pad_batch([a.encoder.encode({text!r}).ids]))[0])\n"
+        "from contract.predictor import Predictor\n"
+        f"p = Predictor.from_artifact(artifact.load({str(path)!r})).predict([{text!r}])[0]\n"
         "assert 'training' not in sys.modules, 'loading needed training/'\n"
         "print(json.dumps(p))\n"
     )
@@ -117,8 +118,7 @@ def export(
         "padding_max_abs_diff": check_padding_invariance(scripted, check_ids[:48]),
     }
     final = artifact.save(scripted, vocab, manifest, path)
-    with torch.inference_mode():
-        expected = float(scripted(*pad_batch([artifact.load(path).encoder.encode(check_text).ids]))[0])
+    expected = Predictor(scripted, artifact.load(path).encoder).predict([check_text])[0]
     checks["fresh_process_abs_diff"] = check_fresh_process(path, check_text, expected)
     log.info("export checks passed: %s", checks)
     return final, checks
