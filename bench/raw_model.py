@@ -82,6 +82,7 @@ KERNELS = {"packed": 0.0, "dense": float("inf")}  # dense_max_padding forcing on
 def kernel_table(module, ids: list[list[int]], batch_sizes: list[int], threads: list[int], seconds: float) -> list[dict]:
     """reviews/s of each route x batch order x batch size x torch threads, model only."""
     own = getattr(module, "dense_max_padding", None)
+    predictor = Predictor(module)  # pad + forward + .tolist(), as the service's workers run it
     routes = {**KERNELS, "auto": own} if own is not None else {"packed (file has one route)": None}
     by_length = sorted(ids, key=len)
     rows = []
@@ -95,17 +96,12 @@ def kernel_table(module, ids: list[list[int]], batch_sizes: list[int], threads: 
                 cells = []
                 for b in batch_sizes:
                     n = len(sample) // b * b
-                    batches = [pad_batch(sample[i : i + b]) for i in range(0, n, b)]
+                    batches = [sample[i : i + b] for i in range(0, n, b)]
                     random.Random(0).shuffle(batches)  # a timed prefix must not be the shortest batches
-                    padding = sum(x.numel() for x, _ in batches) / sum(int(lengths.sum()) for _, lengths in batches)
-
-                    def forward(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-                        with torch.inference_mode():
-                            module(*batch).tolist()
-
+                    padding = sum(len(x) * max(map(len, x)) for x in batches) / sum(len(r) for x in batches for r in x)
                     for batch in batches[:3]:  # the profiling executor specialises on its first calls
-                        forward(batch)
-                    times = measure(forward, batches, seconds)
+                        predictor.forward(batch)
+                    times = measure(predictor.forward, batches, seconds)
                     cells.append({"batch_size": b, "padded_over_real": padding, **summary(times, b)})
                 rows.append({"route": route, "order": order, "threads": n_threads, "cells": cells})
                 print(f"{route:>8} {order:>6} {n_threads:>7} | " + " ".join(f"{c['reviews_per_s']:>8.1f}" for c in cells), flush=True)
