@@ -28,6 +28,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv = [
         "--data",
         str(DATA),
+        "--cad-dir",
+        str(DATA.parent / "cad"),
         "--out",
         str(out),
         "--limit",
@@ -59,12 +61,17 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert len(m.data_sha256) == 64
     assert set(m.metrics["test"]) >= {"accuracy", "f1", "roc_auc", "ece_15", "brier"}
     assert m.metrics["test"]["n"] == 300  # 150 per class
+    assert m.holdout["reviews_dropped"] == 753 and m.holdout["listed"] == 753 and len(m.holdout["sha256"]) == 64
+    robust = m.metrics["robustness"]
+    assert robust["cad_dev_original"]["n"] == robust["cad_dev_revised"]["n"] == robust["cad_dev_pairs"]["n"] == 245
+    assert 0 <= robust["cad_dev_pairs"]["both_right"] <= min(robust["cad_dev_original"]["accuracy"], robust["cad_dev_revised"]["accuracy"])
     ids, lengths = pad_batch([loaded.encoder.encode(t).ids for t in ["A fine film.", "Terrible.<br />Awful!"]])
     with torch.inference_mode():
         p = loaded.module(ids, lengths)
     assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
     card = (trained.parent / "MODEL_CARD.md").read_text()
     assert "python -m training" in card and "accuracy" in card
+    assert "CAD dev revisions" in card and "left out of every training step: 753" in card
     summary = json.loads((trained.parent / "metrics.json").read_text())
     assert summary["export_checks"]["parity_max_abs_diff"] <= 1e-5
     assert summary["export_checks"]["padding_max_abs_diff"] <= 1e-5

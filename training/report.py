@@ -105,6 +105,41 @@ def _plots(
     plt.close(fig)
 
 
+def robustness_section(manifest: Manifest) -> str:
+    """Off-distribution figures: CAD dev (minimal edits that flip the label) and short texts from validation."""
+    robust = manifest.metrics.get("robustness")
+    if not robust:
+        return "## Robustness\n\nNot measured for this file (`python -m training.evaluate` computes it).\n"
+    rows = [
+        ("CAD dev originals", robust["cad_dev_original"]),
+        ("CAD dev revisions (label flipped by a minimal edit)", robust["cad_dev_revised"]),
+        ("short texts from validation reviews", robust["short_text"]),
+    ]
+    table = "\n".join(
+        f"| {name} | {m['n']:,} | {m['accuracy']:.2%} | {m['ece_15']:.2%} |" if m["n"] else f"| {name} | 0 | n/a | n/a |" for name, m in rows
+    )
+    pairs = robust["cad_dev_pairs"]
+    holdout = manifest.holdout
+    left_out = (
+        f"The {holdout['listed']} robustness-holdout reviews (list sha256 `{holdout['sha256'][:12]}…`) were left out of every "
+        f"training step: {holdout['reviews_dropped']} of them were in this data."
+        if holdout
+        else "This model was trained **with** the robustness-holdout reviews, so its CAD originals are training data."
+    )
+    return f"""## Robustness (off the test set)
+
+| set | n | accuracy | ECE (15 bins) |
+|---|---:|---:|---:|
+{table}
+| CAD dev pairs with both members right | {pairs["n"]:,} | {pairs["both_right"]:.2%} | |
+
+{left_out} The short-text set is the first and last sentence (4–30 words, carrying a
+clear polar word) of validation reviews, labelled with the review's label: its labels are
+noisy (hand-checked sample: 49 of 60 read as their label, so a reader of the sentence alone
+scores ~82–89 %), see `training/short_texts.py`.
+"""
+
+
 def write(
     path: Path,
     manifest: Manifest,
@@ -221,6 +256,8 @@ and folded into the file. Output: calibrated P(positive).
 | training time (whole run / fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]} |
 
 Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
+
+{robustness_section(manifest)}
 
 ![learning curves](learning_curves.png) ![reliability](reliability.png) ![confusion matrix](confusion_matrix.png)
 
