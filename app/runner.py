@@ -9,7 +9,6 @@ worker threads run `forward` on merged batches.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,9 @@ from app.config import Settings
 from app.metrics import Metrics
 from contract import artifact as artifact_io
 from contract.artifact import Artifact
+from contract.device import DeviceUnavailable as DeviceUnavailable  # re-exported: app.main and tests import it from here
+from contract.device import ThreadPlan, plan_threads, resolve_device
+from contract.predictor import Predictor, label_and_score
 from contract.text import Token
 from contract.vocab import pad_batch
 
@@ -44,10 +46,6 @@ GOLDEN: tuple[tuple[str, int], ...] = (
 def _kind(explain: bool) -> str:
     """The metrics label of a batch: the batcher keys batches on `Job.explain`."""
     return "explain" if explain else "predict"
-
-
-class DeviceUnavailable(Exception):
-    """The configured device cannot be used (e.g. `cuda` on a machine without a GPU)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,48 +84,6 @@ class Prediction:
     explanation: list[Attribution] | None
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadPlan:
-    """How many batches run at once (`workers`) and with how many torch intra-op threads each."""
-
-    workers: int
-    torch_threads: int  # 0 = leave torch's default
-
-
-MAX_AUTO_WORKERS = 4  # beyond this, more threads per batch rather than more batches (untested past 2 cores)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity-aware, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def plan_threads(device: torch.device, workers: int = 0, torch_threads: int = 0, cores: int | None = None) -> ThreadPlan:
-    """Resolve the `0 = auto` settings.
-
-    On CPU one batch per core, each on one intra-op thread, measured 1.4x the
-    throughput of one batch over two threads on the 2-core dev box (the LSTM is
-    a chain of small matmuls that parallelises poorly). On CUDA one worker: the
-    GPU is the bottleneck and one stream keeps its order simple.
-    """
-    cores = cores if cores is not None else available_cores()
-    if device.type != "cpu":
-        return ThreadPlan(workers or 1, torch_threads)
-    workers = workers or max(1, min(cores, MAX_AUTO_WORKERS))
-    return ThreadPlan(workers, torch_threads or max(1, cores // workers))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("device 'cuda' requested but CUDA is not available (set SENTIMENT_DEVICE=cpu or auto)")
-    return torch.device(name)
-
-
 class Runner:
     """The model on its device, fed by a batcher; `predict` is the one entry point for routes."""
 
@@ -148,6 +104,7 @@ class Runner:
         self.labels = artifact.manifest.labels
         self._encoder = artifact.encoder
         self._module = artifact.module
+        self._predictor = Predictor(artifact.module, artifact.encoder, self.device)
         self.threads = threads
         self._metrics = metrics
         self.golden_ok = False
@@ -250,13 +207,7 @@ class Runner:
         """One forward pass over a batch (worker thread only)."""
         started = time.perf_counter()
         explain = jobs[0].explain  # the batcher keys batches on it: a batch is all-explain or all-plain
-        if explain:
-            outputs = self._explain(jobs)
-        else:
-            ids, lengths = pad_batch([job.ids for job in jobs])  # [B, T], [B]
-            with torch.inference_mode():
-                probs = self._module(ids.to(self.device), lengths.to(self.device))  # [B]
-            outputs = [Output(p, None) for p in probs.float().cpu().tolist()]  # .cpu() syncs: the timing is real
+        outputs = self._explain(jobs) if explain else [Output(p, None) for p in self._predictor.forward([job.ids for job in jobs])]
         if self._metrics is not None:
             self._metrics.observe_forward(_kind(explain), time.perf_counter() - started)
         return outputs
@@ -287,14 +238,14 @@ class Runner:
 
     def _prediction(self, job: Job, output: Output) -> Prediction:
         p = output.p_positive
-        positive = p >= 0.5
+        label, score = label_and_score(p, self.labels)
         explanation = None
         if job.tokens is not None and output.attributions is not None:
             # zip: a text without tokens was encoded as [UNK] and has no token to attribute
             explanation = [Attribution(t.text, t.start, t.end, a) for t, a in zip(job.tokens, output.attributions, strict=False)]
         return Prediction(
-            label=self.labels[1] if positive else self.labels[0],
-            score=p if positive else 1.0 - p,
+            label=label,
+            score=score,
             p_positive=p,
             n_tokens=job.n_tokens,
             truncated=job.truncated,

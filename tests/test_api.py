@@ -170,6 +170,7 @@ async def test_model_info(serve: ServeFactory, tiny_model_path: Path) -> None:
     assert info["vocab_size"] == len(loaded.vocab) and info["max_length"] == loaded.manifest.max_length
     assert info["device"] == "cpu" and info["normalizer_version"] == NORMALIZER_VERSION
     assert info["metrics"] == {"test": {"accuracy": 1.0}}
+    assert info["holdout"] == loaded.manifest.holdout == {"sha256": "0" * 64, "listed": 753, "reviews_dropped": 753}
 
 
 async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: ServeFactory) -> None:

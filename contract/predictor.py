@@ -1,0 +1,129 @@
+"""Synchronous batched inference: texts -> ids -> length-sorted batches -> P(positive), in input order.
+
+The one copy of "encode, pad, forward" that the service's runner (per batch),
+bulk scoring, evaluation, the export checks and the benchmarks all use, so
+every consumer gets the probabilities the service gives.
+
+Why length-sorted batches: the BiLSTM's cost per batch follows its longest
+text, so texts of similar length batched together waste little on padding
+(bench figures in docs/benchmarks.md). The model's output does not depend on
+batch-mates or padding (checked at export to 1e-5), so batching never changes
+a probability beyond that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+import torch
+
+from contract.artifact import Artifact
+from contract.encoder import TextEncoder
+from contract.vocab import Encoded, pad_batch
+
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_TOKENS = 64 * 400  # padded tokens per forward: bounds memory per batch (the service's default)
+
+
+def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices into `lengths` grouped into batches of similar length, longest first.
+
+    Each batch has at most `max_batch_size` texts and at most `max_batch_tokens`
+    padded tokens (texts x its longest text), except a lone text longer than the
+    budget, which gets a batch of its own. Longest first: the costliest batches
+    start early, so parallel workers finish together.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]  # descending: the first is the longest
+        if current and (len(current) >= max_batch_size or (len(current) + 1) * longest > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class Pending:
+    """Probabilities of one `submit` that are still being computed; `result()` waits and puts them in input order."""
+
+    size: int
+    batches: list[list[int]]
+    futures: list[Future[list[float]]]
+
+    def result(self) -> list[float]:
+        return scatter(self.size, self.batches, (f.result() for f in self.futures))
+
+
+def scatter(size: int, batches: Sequence[Sequence[int]], results: Iterable[Sequence[float]]) -> list[float]:
+    """Per-batch outputs back into input order."""
+    out = [0.0] * size
+    for rows, probs in zip(batches, results, strict=True):
+        for i, p in zip(rows, probs, strict=True):
+            out[i] = p
+    return out
+
+
+class Predictor:
+    """A TorchScript module with the `forward(ids LongTensor[B, T], lengths LongTensor[B]) -> FloatTensor[B]` interface,
+    its encoder and its device; thread-safe (no state changes after construction)."""
+
+    def __init__(
+        self,
+        module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        encoder: TextEncoder | None = None,
+        device: torch.device | str = "cpu",
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> None:
+        self.module = module
+        self.encoder = encoder
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, device: torch.device | str = "cpu", **batching: int) -> Predictor:
+        """For a loaded artifact (already on `device`: `contract.artifact.load(path, device)`)."""
+        return cls(artifact.module, artifact.encoder, device, **batching)
+
+    def encode(self, texts: Iterable[str]) -> list[Encoded]:
+        if self.encoder is None:
+            raise ValueError("this predictor has no encoder: give it ids")
+        return [self.encoder.encode(text) for text in texts]
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> list[float]:
+        """One forward pass: pad `batch` (id lists), run the model on the device -> P(positive) per row."""
+        ids, lengths = pad_batch(batch)  # [B, T], [B]
+        with torch.inference_mode():
+            probs = self.module(ids.to(self.device), lengths.to(self.device))  # [B]
+        return probs.float().cpu().tolist()  # .cpu() syncs the device: callers' timings are real
+
+    def batches(self, ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        return length_sorted_batches([len(x) for x in ids], self.max_batch_size, self.max_batch_tokens)
+
+    def predict_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        """P(positive) per id list, in input order, batch after batch on this thread."""
+        batches = self.batches(ids)
+        return scatter(len(ids), batches, (self.forward([ids[i] for i in rows]) for rows in batches))
+
+    def submit(self, ids: Sequence[Sequence[int]], executor: Executor) -> Pending:
+        """Like `predict_ids`, with the batches run on `executor`'s threads (torch releases the GIL in forward)."""
+        batches = self.batches(ids)
+        return Pending(len(ids), batches, [executor.submit(self.forward, [ids[i] for i in rows]) for rows in batches])
+
+    def predict(self, texts: Sequence[str]) -> list[float]:
+        """P(positive) per text, in input order."""
+        return self.predict_ids([e.ids for e in self.encode(texts)])
+
+
+def label_and_score(p_positive: float, labels: tuple[str, str]) -> tuple[str, float]:
+    """(label, probability of that label) for P(positive); labels = (label of p < 0.5, label of p >= 0.5)."""
+    return (labels[1], p_positive) if p_positive >= 0.5 else (labels[0], 1.0 - p_positive)
