@@ -179,3 +179,33 @@ def test_pair_term_penalises_an_edit_that_moves_the_logit_the_wrong_way() -> Non
     right, wrong = Fixed([1.0, 0.5]), Fixed([0.5, 1.0])  # z_original, z_revised
     assert pair_loss(right, pair, 1.0, torch.device("cpu")) - pair_loss(right, pair, 0.0, torch.device("cpu")) < 0.48
     assert pair_loss(wrong, pair, 1.0, torch.device("cpu")) - pair_loss(wrong, pair, 0.0, torch.device("cpu")) > 0.97
+
+
+@needs_data
+def test_reexport_keeps_weights_vocab_and_hand_notes_and_bumps_the_version(trained: Path, tmp_path: Path) -> None:
+    from training.export import reexport
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("model.pt", "MODEL_CARD.md", "metrics.json"):
+        (folder / name).write_bytes((trained.parent / name).read_bytes())
+    card = folder / "MODEL_CARD.md"
+    card.write_text(card.read_text().replace("## Export checks", "## Notes\n\nA hand-written note.\n\n## Export checks"))
+    old = artifact.load(folder / "model.pt")
+    texts = ["A wonderful film.", "Dull and boring, a waste of time.", "It was fine, I guess, the plot was thin but the actors good."]
+
+    final, checks = reexport(folder / "model.pt", folder / "model.pt", "9.9.9", texts * 8)
+
+    new = artifact.load(folder / "model.pt")
+    assert new.manifest.version == final.version == "9.9.9"
+    assert new.manifest.weights_sha256 == old.manifest.weights_sha256 and new.vocab == old.vocab
+    assert new.manifest.metrics == old.manifest.metrics
+    assert new.manifest.training["reexported"]["from_version"] == old.manifest.version
+    assert checks["previous_file_max_abs_diff"] <= 1e-5 and checks["routes_max_abs_diff"] <= 1e-5
+    x, lengths = pad_batch([old.encoder.encode(t).ids for t in texts])
+    with torch.inference_mode():
+        assert float((new.module(x, lengths) - old.module(x, lengths)).abs().max()) <= 1e-5
+    text = card.read_text()
+    assert text.startswith(f"# Model card: {old.manifest.name} 9.9.9\n")
+    assert "A hand-written note." in text and f"Re-exported as 9.9.9 from {old.manifest.version}" in text
+    assert json.loads((folder / "metrics.json").read_text())["version"] == "9.9.9"

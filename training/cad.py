@@ -10,7 +10,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-SEARCH = (Path("data/cad"), Path("../shared/data/cad"))  # the second is our machines' shared copy
+SEARCH = (Path("data/cad"),)  # contributors on the project's machines pass --cad-dir ../shared/data/cad (docs/contributing.md)
 _LABELS = {"Positive": 1, "Negative": 0}
 
 

@@ -7,7 +7,6 @@ import logging
 import os
 import platform
 import random
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,14 +38,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise data.DataError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
     return torch.device(name)
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except OSError:
-        return ""
 
 
 def hardware(device: torch.device) -> str:
@@ -170,7 +161,7 @@ def train(config: TrainConfig) -> Path:
         normalizer_version=NORMALIZER_VERSION,
         data_sha256=dataset.sha256,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        git_commit=git_commit(),
+        git_commit=report.git_commit(),
         metrics={
             "test": test,
             "validation": {"accuracy": history.val_accuracy[history.best_epoch - 1], **calibration},
