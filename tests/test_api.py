@@ -92,7 +92,7 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
 
     monkeypatch.setattr(Runner, "forward", spy)
     texts = [POSITIVE, NEGATIVE, "great", "i hated the plot", "the best film", "boring " * 30, "it was a mess", "superb actors"]
-    async with serve(max_batch_size=64, model_workers=1, min_batch_size=1) as (client, app):
+    async with serve(max_batch_size=64, model_workers=1, min_batch_size=1, max_batch_padding=100) as (client, app):  # mixed lengths
         armed.set()
         first = asyncio.create_task(client.post("/predict", json={"text": texts[0]}))
         while not batches:
@@ -175,7 +175,8 @@ async def test_model_info(serve: ServeFactory, tiny_model_path: Path) -> None:
 
 
 async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: ServeFactory) -> None:
-    async with serve(model_workers=1, min_batch_size=1) as (client, _):  # one worker, batching from 2 texts: one batch
+    # One worker, batching from 2 texts, no padding cap: one batch.
+    async with serve(model_workers=1, min_batch_size=1, max_batch_padding=100) as (client, _):
         await client.post("/predict", json={"texts": ["great " * 40, "zzz film"]})
         await client.post("/predict", json={"text": "great", "explain": True})
         await client.post("/predict", json={"text": ""})
@@ -190,6 +191,9 @@ async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: 
         'sentiment_batch_size_count{kind="predict"} 1.0',
         'sentiment_batch_size_count{kind="explain"} 1.0',
         'sentiment_batch_tokens_sum{kind="predict"} 48.0',  # 2 texts x 24 tokens (the tiny model's max_length)
+        'sentiment_batch_padded_tokens_total{kind="predict"} 48.0',
+        'sentiment_batch_real_tokens_total{kind="predict"} 26.0',  # 24 + 2: padding waste 48 / 26
+        'sentiment_batch_padding_ratio_count{kind="predict"} 1.0',
         "sentiment_queue_depth 0.0",
         "sentiment_texts_total 3.0",
         "sentiment_texts_truncated_total 1.0",
