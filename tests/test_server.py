@@ -146,7 +146,7 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(tiny_model_path: Pat
         print(f"ready after {ready_after:.2f} s, idle RSS {rss / 2**20:.0f} MiB")
         assert rss < 400 * 2**20
 
-        n_requests, n_texts = 4, 150
+        n_requests, n_texts = 4, 250  # enough work per request to still be in flight at SIGTERM with the fast lane
         texts = [f"{'great ' * (i % 4 + 1)}film {'awful ' * (i % 3)}" for i in range(n_texts)]
 
         def post(_: int) -> tuple[int, int, float]:
