@@ -20,7 +20,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import Overloaded, PayloadTooLarge, error_response, service_error_response
+from app.errors import Overloaded, PayloadTooLarge, ShuttingDown, error_response, service_error_response
 from app.metrics import Metrics
 
 # A fast lane answers a request from its body, or returns None to hand it to the app (see app/routes/predict.py).
@@ -106,12 +106,13 @@ class RequestEnvelope:
         The work runs in this task; one watcher task cancels it when the
         server reports the client gone before the answer is complete.
         """
-        responded = gone = False
+        started = responded = gone = False
         worker = asyncio.current_task()
         assert worker is not None
 
         async def send_tracked(message: Message) -> None:
-            nonlocal responded
+            nonlocal started, responded
+            started = True
             await send(message)
             responded = responded or (message["type"] == "http.response.body" and not message.get("more_body", False))
 
@@ -126,10 +127,16 @@ class RequestEnvelope:
         try:
             await self._answer(scope, body, receive, send_tracked)
         except asyncio.CancelledError:
-            if not gone:  # the server is cancelling us: let it
+            if gone:  # the client left before its answer: stop working for it
+                worker.uncancel()
+                return False
+            if started:  # the server is cancelling us (its shutdown timeout passed) mid-answer: let it
                 raise
-            worker.uncancel()
-            return False
+            # ...and still answer: an accepted request gets its result or a JSON 503 that says the connection closes.
+            response = service_error_response(scope["path"], ShuttingDown("the server is shutting down; retry"), self.metrics)
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return True
         finally:
             watcher.cancel()
         return True

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from app import runner as runner_module
-from app.main import mark_draining
 from app.runner import Runner
 from contract import artifact as artifact_io
 from contract.artifact import Artifact
@@ -99,7 +98,7 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
         while not batches:
             await asyncio.sleep(0.002)
         rest = [asyncio.create_task(client.post("/predict", json={"text": t})) for t in texts[1:]]
-        while app.state.runner.batcher.depth < len(texts) - 1:
+        while app.state.service.runner.batcher.depth < len(texts) - 1:
             await asyncio.sleep(0.002)
         gate.set()
         responses = await asyncio.gather(first, *rest)
@@ -126,7 +125,7 @@ async def test_health_live_and_ready(serve: ServeFactory) -> None:
     async with serve() as (client, app):
         assert (await client.get("/health/live")).json() == {"status": "alive"}
         assert (await client.get("/health/ready")).json() == {"status": "ready"}
-        mark_draining(app)  # what SIGTERM does before in-flight requests finish
+        app.state.service.begin_drain()  # what SIGTERM does before in-flight requests finish
         draining = await client.get("/health/ready")
         still_live = await client.get("/health/live")
     assert draining.status_code == 503
@@ -311,7 +310,7 @@ async def test_fast_lane_declines_what_the_route_must_refuse(
 
 async def test_fast_lane_maps_a_full_queue_to_503_with_retry_after(serve: ServeFactory) -> None:
     async with serve(max_queue=1, max_items_per_request=1) as (client, app):
-        runner = app.state.runner
+        runner = app.state.service.runner
         runner.batcher._closing = True  # not accepting: the runner refuses at once, as when draining
         response = await client.post("/predict", json={"text": POSITIVE})
         runner.batcher._closing = False

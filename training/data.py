@@ -149,7 +149,9 @@ def load(
     )
 
 
-SEARCH = (Path("../shared/data/aclImdb.tar.gz"), Path("data/aclImdb_v1.tar.gz"), Path("data/aclImdb"), Path("aclImdb"))
+# Where a user has the dataset (what --download writes first). Contributors on the dev machines pass
+# --data ../shared/data/aclImdb.tar.gz (docs/contributing.md): a checkout-relative path is no user default.
+SEARCH = (Path("data/aclImdb_v1.tar.gz"), Path("data/aclImdb.tar.gz"), Path("data/aclImdb"), Path("aclImdb"))
 
 
 def find(given: Path | None, allow_download: bool = False) -> Path:

@@ -95,8 +95,12 @@ _JSON = (b"application/json",)
 async def fast_lane(scope: Scope, body: bytes) -> Response | None:
     """The answer to a plain, valid /predict request, or None to let the FastAPI route handle it."""
     state = scope["app"].state
-    settings, runner = state.settings, state.runner
-    if runner is None or settings.api_key is not None:
+    settings = state.settings
+    if settings.api_key is not None:
+        return None
+    try:
+        runner = state.service.runner
+    except ServiceError:  # not started: the route says so
         return None
     timeout_header, json_body = None, False
     for name, value in scope["headers"]:
