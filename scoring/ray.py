@@ -181,7 +181,7 @@ def score(
         scored = ds.map_batches(
             ScoreBatch,
             fn_constructor_kwargs={
-                "model_path": str(Path(model_path).resolve()),
+                "model_path": model_for_actors(ray, model_path),
                 "device": device,
                 "torch_threads": torch_threads,
                 "text_column": text_column,
@@ -205,6 +205,22 @@ def score(
         return summary
     finally:
         ray.shutdown()
+
+
+def model_for_actors(ray: Any, model_path: str) -> str:
+    """The model path as each actor should open it.
+
+    In a job with a runtime_env working_dir (`ray job submit --working-dir .`), every node unpacks that
+    directory and starts its workers inside it: a model file in it is passed relative, so each node
+    opens its own copy. Otherwise the absolute path, which must then be on storage every node mounts.
+    """
+    path = Path(model_path).resolve()
+    if ray.get_runtime_context().runtime_env.get("working_dir"):
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            pass
+    return str(path)
 
 
 def _input_schema(schema: Any) -> Any:
