@@ -17,11 +17,12 @@ from typing import Any
 from contract import artifact as artifact_io
 from contract.device import DeviceUnavailable, ThreadPlan, available_cores, plan_threads, resolve_device
 from contract.predictor import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, Predictor
-from scoring.io import InputError, InvalidRow, Source, open_sink, open_source
+from scoring.io import InputError, InvalidRow, Source, open_sink, open_source, replaced_columns
 from scoring.local import Summary, score_chunks
 
 log = logging.getLogger("sentiment-score")
 DEFAULT_CHUNK_ROWS = 4096  # rows held per chunk (x2 in flight): big enough for well length-sorted batches, small in memory
+DEFAULT_RAY_BATCH_ROWS = 1024  # rows per actor call: smaller, so that a few thousand rows still spread over the actors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +40,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0 = auto: the cores shared by the workers")
     p.add_argument("--batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="most texts per forward pass")
     p.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS, help="most padded tokens per forward pass")
-    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows read, length-sorted and written at a time")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=0,
+        help=f"rows read, length-sorted and written at a time (default {DEFAULT_CHUNK_ROWS}; Ray: rows per actor call, default {DEFAULT_RAY_BATCH_ROWS})",
+    )
     p.add_argument("--skip-bad", action="store_true", help="leave rows with an error out of the output (they are still counted)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
@@ -55,6 +61,10 @@ def check_column(source: Source, chunks: Iterator[list[dict[str, Any]]], column:
     if source.columns is not None:
         if column not in source.columns:
             raise InputError(f"column {column!r} not in {source.path} (columns: {', '.join(source.columns) or 'none'})")
+        if replaced_columns(source.columns):
+            log.warning(
+                "input columns %s are replaced by the scoring columns of the same names", ", ".join(replaced_columns(source.columns))
+            )
         return chunks
     first = next(chunks, None)
     if first is None:
@@ -120,6 +130,7 @@ def run_ray(args: argparse.Namespace, model_path: str) -> Summary:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parser().parse_args(argv)
+    args.chunk_rows = args.chunk_rows or (DEFAULT_RAY_BATCH_ROWS if args.engine == "ray" else DEFAULT_CHUNK_ROWS)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     model_path = str(args.model or artifact_io.default_model_path())
     try:

@@ -166,6 +166,10 @@ def open_source(path: str, chunk_rows: int) -> Iterator[Source]:
 # ---------------------------------------------------------------- writing
 
 
+def replaced_columns(input_columns: Sequence[str]) -> list[str]:
+    return [c for c in input_columns if c in OUTPUT_COLUMNS]
+
+
 def output_columns(input_columns: Sequence[str]) -> list[str]:
     """The input's columns (any named like a scoring column are replaced), then the scoring columns."""
     return [c for c in input_columns if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)

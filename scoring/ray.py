@@ -143,7 +143,12 @@ def read(ray: Any, path: str, text_column: str) -> tuple[Any, str]:
             ds = ray.data.read_parquet(path)
         schema = ds.schema()
     except Exception as exc:  # Ray wraps reader errors in its own types
-        raise InputError(f"{path}: unreadable {fmt}: {str(exc).strip().splitlines()[-1][:300]}") from None
+        lines = [line for line in str(exc).strip().splitlines() if line.strip() and not line.startswith("To change retry")]
+        reason = next(
+            (line for line in lines if line.startswith(("ValueError", "ArrowInvalid", "pyarrow"))),
+            lines[-1] if lines else type(exc).__name__,
+        )
+        raise InputError(f"{path}: unreadable {fmt} for Ray Data (rows with missing fields are refused there): {reason[:300]}") from None
     if schema is None or text_column not in schema.names:
         names = ", ".join(schema.names) if schema is not None else "none"
         raise InputError(f"column {text_column!r} not in {path} (columns: {names})")
