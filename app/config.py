@@ -76,6 +76,18 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         25.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish; keep below the orchestrator's grace period."
     )
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, readiness turns 503 at once but requests are still served for this long, so load balancers "
+        "move away first (the preStop sleep, built in); then the listener closes. Grace period > this + shutdown_timeout_s.",
+    )
+    keep_alive_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        description="Idle keep-alive connections are closed after this long; keep it above the idle timeout of any proxy "
+        "or load balancer in front (often 60 s), or the server closes connections the proxy is reusing (502s).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Server log level (uvicorn and the app); `warning` keeps logs to problems."
     )

@@ -15,26 +15,21 @@ from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
-from app.errors import InvalidInput, Unauthorized
+from app.errors import InvalidInput, NotReady, Unauthorized
 from app.runner import Runner
 
 _bearer = HTTPBearer(auto_error=False, description="Only when the server sets SENTIMENT_API_KEY.")
 
 
 async def get_runner(request: Request) -> Runner:
-    return request.app.state.runner
+    return request.app.state.service.runner
 
 
-def not_ready_reason(request: Request) -> str | None:
-    """None when the service should get traffic, else why not (shared by /health/ready and OIP)."""
-    runner: Runner | None = getattr(request.app.state, "runner", None)
-    if runner is None:
-        return "model not loaded"
-    if request.app.state.draining or not runner.batcher.accepting:
-        return "shutting down: draining accepted requests"
-    if not runner.golden_ok:
-        return "model failed the built-in golden check (it mislabels known examples)"
-    return None
+def require_ready(request: Request) -> None:
+    """Raise NotReady with the service's reason unless it should get traffic (the health and OIP probes)."""
+    ok, reason = request.app.state.service.ready()
+    if not ok:
+        raise NotReady(reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +58,7 @@ async def inference(
     """
     settings: Settings = request.app.state.settings
     check_api_key(settings, credentials)
-    return Inference(request.app.state.runner, settings, deadline(settings, x_request_timeout_ms))
+    return Inference(request.app.state.service.runner, settings, deadline(settings, x_request_timeout_ms))
 
 
 def check_api_key(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:

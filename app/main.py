@@ -1,20 +1,18 @@
 """The FastAPI app (`create_app`) and the `sentiment-serve` command (`cli`).
 
-Lifespan: load and verify the model, warm it up with the golden check, start
-the batcher's worker; on shutdown mark the service unready, finish every
-accepted text, then stop the worker.
+The lifespan starts and stops the app's `Service` (app/service.py: the model,
+readiness, draining); `cli` runs it behind `app.server.Server`, which turns
+SIGTERM into the service's drain and closes connections without losing any.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,13 +23,13 @@ from app import allocator, errors
 from app.config import Settings
 from app.metrics import Metrics
 from app.middleware import RequestEnvelope
-from app.routes import demo, health, model, oip, predict
+from app.routes import demo, docs, health, model, oip, predict
 from app.routes import metrics as metrics_route
-from app.runner import DeviceUnavailable, Runner, resolve_device
+from app.runner import DeviceUnavailable, resolve_device
+from app.server import Protocol, Server
+from app.service import Service
 from contract import artifact as artifact_io
 from contract.artifact import Artifact, ArtifactError
-
-logger = logging.getLogger("app")
 
 DESCRIPTION = """Sentiment (positive / negative) of English movie reviews, from an embedding + BiLSTM model.
 
@@ -44,39 +42,27 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     """An app serving `settings.model_path` (or an already loaded and verified `artifact`)."""
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
+    service = Service(settings, metrics, artifact)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.draining = False  # a restarted lifespan (tests) serves again
-        runner = await asyncio.to_thread(Runner.from_settings, settings, metrics, artifact)
-        await runner.start()
-        manifest = runner.artifact.manifest
-        metrics.track_queue(lambda: runner.batcher.depth)
-        metrics.model_info.labels(manifest.name, manifest.version, str(runner.device)).set(1)
-        app.state.runner = runner
-        if runner.golden_ok:
-            plan = runner.threads
-            logger.info(
-                "serving %s %s on %s: %d model worker(s) x %s torch thread(s)",
-                manifest.name,
-                manifest.version,
-                runner.device,
-                plan.workers,
-                plan.torch_threads or "default",
-            )
-        else:
-            logger.error("model %s %s failed the golden check: /health/ready stays 503", manifest.name, manifest.version)
+        await service.start()
         try:
             yield
         finally:
-            app.state.draining = True
-            await runner.close()  # the server already waited for in-flight requests; this finishes any stragglers
+            await service.stop()  # the server already served its connections; this waits for other listeners, then the runner
 
-    app = FastAPI(title="Sentiment service", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Sentiment service",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by app/routes/docs.py from a package, not a CDN
+        redoc_url=None,  # ReDoc has no offline bundle here; Swagger UI at /docs covers it
+    )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.draining = False
-    app.state.runner = None
+    app.state.service = service
     errors.install(app)
     app.add_middleware(RequestEnvelope, metrics=metrics, max_body_bytes=settings.max_body_bytes, max_in_flight=settings.max_in_flight)
     if settings.cors_origins:  # added last = outermost, so even error answers carry CORS headers
@@ -87,26 +73,9 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Request-Timeout-Ms"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    for module in (predict, health, model, metrics_route, oip, demo):
+    for module in (predict, health, model, metrics_route, oip, demo, docs):
         app.include_router(module.router)
     return app
-
-
-def mark_draining(app: FastAPI) -> None:
-    """Readiness goes 503 from the moment a shutdown is asked for, before in-flight requests finish."""
-    app.state.draining = True
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, plus a hook that runs as soon as SIGTERM/SIGINT arrives."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
 
 
 def _version() -> str:
@@ -151,13 +120,15 @@ def cli(argv: list[str] | None = None) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        http=Protocol,
         log_level=settings.log_level,
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # uvicorn takes seconds; float works
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
         limit_concurrency=settings.max_connections,
         server_header=False,
     )
-    server = _Server(config, on_exit=lambda: mark_draining(app))
+    server = Server(config, app.state.service)
     try:
         server.run()
     except KeyboardInterrupt:

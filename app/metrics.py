@@ -1,15 +1,15 @@
-"""Prometheus collectors, on a registry per app so several apps (tests) can coexist in one process."""
+"""Prometheus collectors, on a registry per app so several apps (tests) can coexist in one process.
+
+Fed with primitive events (a kind, sizes, seconds): it imports nothing from
+`app` and knows nothing of the objects it counts, so the runner and the
+batcher can change without touching it, and it cannot form an import cycle.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-
-if TYPE_CHECKING:
-    from app.batcher import BatchStats
-    from app.runner import Job
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -63,25 +63,31 @@ class Metrics:
         self.model_info = Gauge("sentiment_model_info", "The model being served (value 1).", ["name", "version", "device"], registry=r)
 
     def track_queue(self, depth: Callable[[], int]) -> None:
+        """Read the queue depth from `depth()` at each scrape."""
         self.queue_depth.set_function(depth)
 
-    def observe_batch(self, stats: BatchStats) -> None:
-        kind = "explain" if stats.key else "predict"
-        self.batch_size.labels(kind).observe(stats.size)
-        self.batch_tokens.labels(kind).observe(stats.padded_cost)
-        for wait in stats.waits:
+    def set_model(self, name: str, version: str, device: str) -> None:
+        self.model_info.labels(name, version, device).set(1)
+
+    def observe_batch(self, kind: str, size: int, padded_tokens: int, waits: Iterable[float]) -> None:
+        """One forward pass of `kind` ("predict" / "explain") started: its size, padded tokens, and each text's queue wait."""
+        self.batch_size.labels(kind).observe(size)
+        self.batch_tokens.labels(kind).observe(padded_tokens)
+        for wait in waits:
             self.queue_wait.observe(wait)
 
-    def observe_texts(self, jobs: Iterable[Job]) -> None:
-        for job in jobs:
-            kept = len(job.ids) if job.n_tokens else 0
-            self.texts.inc()
-            self.tokens.inc(kept)
-            if job.truncated:
-                self.truncated.inc()
-            if kept:
-                self.unknown_tokens.inc(job.n_unknown)
-                self.oov_fraction.observe(job.n_unknown / kept)
+    def observe_forward(self, kind: str, seconds: float) -> None:
+        self.forward_seconds.labels(kind).observe(seconds)
+
+    def observe_text(self, kept_tokens: int, unknown_tokens: int, truncated: bool) -> None:
+        """One text encoded: tokens kept for the model, how many of them are out of vocabulary, whether it was cut."""
+        self.texts.inc()
+        self.tokens.inc(kept_tokens)
+        if truncated:
+            self.truncated.inc()
+        if kept_tokens:
+            self.unknown_tokens.inc(unknown_tokens)
+            self.oov_fraction.observe(unknown_tokens / kept_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

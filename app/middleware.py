@@ -19,7 +19,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import Overloaded, PayloadTooLarge, error_response, service_error_response
+from app.errors import Overloaded, PayloadTooLarge, ShuttingDown, error_response, service_error_response
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -89,10 +89,11 @@ class RequestEnvelope:
 
     async def _run_while_connected(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
         """Run the app on `body`, cancelling it if the client disconnects first; False if it was cancelled."""
-        responded = False
+        started = responded = False
 
         async def send_tracked(message: Message) -> None:
-            nonlocal responded
+            nonlocal started, responded
+            started = True
             await send(message)
             responded = responded or (message["type"] == "http.response.body" and not message.get("more_body", False))
 
@@ -100,9 +101,15 @@ class RequestEnvelope:
         watcher = asyncio.ensure_future(_disconnected(receive))  # also returns once the response is complete
         try:
             await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server is cancelling us: take the handler down too
+        except asyncio.CancelledError:  # the server is cancelling us (its shutdown timeout passed): take the handler down too
             handler.cancel()
-            raise
+            if started:
+                raise
+            # ...and still answer: an accepted request gets its result or a JSON 503 that says the connection closes.
+            response = service_error_response(scope["path"], ShuttingDown("the server is shutting down; retry"), self.metrics)
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return True
         finally:
             watcher.cancel()
         if not handler.done() and not responded:  # the client left before its answer: stop working for it

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.batcher import Batcher, DeadlineExceeded
+from app.batcher import Batcher, BatchStats, DeadlineExceeded
 from app.config import Settings
 from app.metrics import Metrics
 from contract import artifact as artifact_io
@@ -41,6 +41,11 @@ GOLDEN: tuple[tuple[str, int], ...] = (
     ("A wonderful, moving film. I loved every minute of it!", 1),
     ("Dull, boring and awful: a complete waste of time.", 0),
 )
+
+
+def _kind(explain: bool) -> str:
+    """The metrics label of a batch: the batcher keys batches on `Job.explain`."""
+    return "explain" if explain else "predict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +115,7 @@ class Runner:
             max_queue=max_queue,
             cost=lambda job: len(job.ids),
             key=lambda job: job.explain,  # explained and plain texts never share a batch
-            observe=metrics.observe_batch if metrics else None,
+            observe=self._observe_batch if metrics else None,
             workers=threads.workers,
             min_batch_size=min_batch_size,
             thread_initializer=self._init_thread,
@@ -138,8 +143,14 @@ class Runner:
         )
 
     @property
-    def ready(self) -> bool:
-        return self.golden_ok and self.batcher.accepting
+    def accepting(self) -> bool:
+        """Started and not closing: new texts are taken."""
+        return self.batcher.accepting
+
+    @property
+    def queue_depth(self) -> int:
+        """Texts waiting for a model worker."""
+        return self.batcher.depth
 
     async def start(self) -> None:
         """Start the worker thread, then warm the model up on it with the golden check."""
@@ -183,7 +194,8 @@ class Runner:
         else:
             jobs = await asyncio.to_thread(self.encode, texts, explain)
         if self._metrics is not None:
-            self._metrics.observe_texts(jobs)
+            for job in jobs:
+                self._metrics.observe_text(len(job.ids) if job.n_tokens else 0, job.n_unknown, job.truncated)
         if timeout is not None:
             timeout -= time.monotonic() - started
             if timeout <= 0:
@@ -197,8 +209,12 @@ class Runner:
         explain = jobs[0].explain  # the batcher keys batches on it: a batch is all-explain or all-plain
         outputs = self._explain(jobs) if explain else [Output(p, None) for p in self._predictor.forward([job.ids for job in jobs])]
         if self._metrics is not None:
-            self._metrics.forward_seconds.labels("explain" if explain else "predict").observe(time.perf_counter() - started)
+            self._metrics.observe_forward(_kind(explain), time.perf_counter() - started)
         return outputs
+
+    def _observe_batch(self, stats: BatchStats) -> None:
+        assert self._metrics is not None
+        self._metrics.observe_batch(_kind(bool(stats.key)), stats.size, stats.padded_cost, stats.waits)
 
     def _explain(self, jobs: list[Job]) -> list[Output]:
         """Gradient x input, one backward per group of equal-length texts.

@@ -145,6 +145,10 @@ class ModelInfo(BaseModel):
     created_at: str
     git_commit: str
     metrics: dict[str, Any]
+    holdout: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The robustness holdout left out of training (sha256 of the list, reviews listed and dropped); empty if it was not.",
+    )
 
 
 # ---------------------------------------------------------------- Open Inference Protocol v2

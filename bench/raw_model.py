@@ -11,12 +11,20 @@ cores/N torch threads: a server may run batches in parallel (the service does), 
 of the single-stream and parallel figures.
 Torch intra-op threads default to what the service uses when SENTIMENT_TORCH_THREADS is unset (torch's
 default, one per core); pass --threads to match a server started with SENTIMENT_TORCH_THREADS.
+
+    python -m bench.raw_model --kernels [--kernel-batch-sizes 1,4,16,64] [--kernel-threads 1,2]
+
+measures the model's two BiLSTM routes instead (training/model.py): packed, dense and the artifact's own
+per-batch choice ("auto"), on mixed-length batches (consecutive slices of the shuffled sample, as strangers'
+texts arrive) and on length-sorted ones (consecutive slices of the sample sorted by length, what the
+service's batcher cuts when many texts wait), model only, at each torch thread count.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import threading
 import time
@@ -68,6 +76,40 @@ def parallel(fn, batches: list, streams: int, seconds: float) -> float:
     return sum(done) / (time.perf_counter() - t0)
 
 
+KERNELS = {"packed": 0.0, "dense": float("inf")}  # dense_max_padding forcing one route; "auto" = the file's own
+
+
+def kernel_table(module, ids: list[list[int]], batch_sizes: list[int], threads: list[int], seconds: float) -> list[dict]:
+    """reviews/s of each route x batch order x batch size x torch threads, model only."""
+    own = getattr(module, "dense_max_padding", None)
+    predictor = Predictor(module)  # pad + forward + .tolist(), as the service's workers run it
+    routes = {**KERNELS, "auto": own} if own is not None else {"packed (file has one route)": None}
+    by_length = sorted(ids, key=len)
+    rows = []
+    print(f"\n{'route':>8} {'order':>6} {'threads':>7} | " + " ".join(f"{'b=' + str(b):>8}" for b in batch_sizes))
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for route, limit in routes.items():
+            if limit is not None:
+                module.dense_max_padding = limit
+            for order, sample in (("mixed", ids), ("sorted", by_length)):
+                cells = []
+                for b in batch_sizes:
+                    n = len(sample) // b * b
+                    batches = [sample[i : i + b] for i in range(0, n, b)]
+                    random.Random(0).shuffle(batches)  # a timed prefix must not be the shortest batches
+                    padding = sum(len(x) * max(map(len, x)) for x in batches) / sum(len(r) for x in batches for r in x)
+                    for batch in batches[:3]:  # the profiling executor specialises on its first calls
+                        predictor.forward(batch)
+                    times = measure(predictor.forward, batches, seconds)
+                    cells.append({"batch_size": b, "padded_over_real": padding, **summary(times, b)})
+                rows.append({"route": route, "order": order, "threads": n_threads, "cells": cells})
+                print(f"{route:>8} {order:>6} {n_threads:>7} | " + " ".join(f"{c['reviews_per_s']:>8.1f}" for c in cells), flush=True)
+    if own is not None:
+        module.dense_max_padding = own
+    return rows
+
+
 def summary(times: list[float], batch_size: int) -> dict[str, float]:
     total = sum(times)
     return {
@@ -88,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--texts", type=int, default=2000, help="sample of test reviews")
     parser.add_argument("--streams", type=int, default=len(os.sched_getaffinity(0)), help="parallel streams (1 = skip)")
     parser.add_argument("--stream-batch-sizes", default="8,16,32,64")
+    parser.add_argument("--kernels", action="store_true", help="compare the model's BiLSTM routes instead (see above)")
+    parser.add_argument("--kernel-batch-sizes", default="1,4,16,64")
+    parser.add_argument("--kernel-threads", default="1,2")
     parser.add_argument("--out", default="raw_model", help="results name under bench/results/")
     parser.add_argument("--force", action="store_true", help="run even while a training process is running")
     args = parser.parse_args(argv)
@@ -104,6 +149,23 @@ def main(argv: list[str] | None = None) -> dict:
         f"{len(texts)} IMDb test reviews, mean {statistics.mean(map(len, texts)):.0f} chars, "
         f"mean {statistics.mean(map(len, ids)):.0f} ids (max_length {art.manifest.max_length})"
     )
+
+    if args.kernels:
+        rows = kernel_table(
+            module,
+            ids,
+            [int(x) for x in args.kernel_batch_sizes.split(",")],
+            [int(x) for x in args.kernel_threads.split(",")],
+            args.seconds,
+        )
+        best = {
+            route: max(c["reviews_per_s"] for r in rows if r["route"] == route for c in r["cells"]) for route in {r["route"] for r in rows}
+        }
+        print(f"best reviews/s per route: {best}")
+        result = {"machine": common.machine(), "model": {"name": art.manifest.name, "version": art.manifest.version}, "texts": len(texts)}
+        result |= {"mean_ids": statistics.mean(map(len, ids)), "kernels": rows, "best": best}
+        print(f"wrote {common.save(args.out if args.out != 'raw_model' else 'raw_kernels', result)}")
+        return result
 
     # Encoding cost alone (per text), to separate it from the model.
     t0 = time.perf_counter()

@@ -25,6 +25,7 @@ class Manifest:
     git_commit: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # config, hardware, duration
+    holdout: dict[str, Any] = field(default_factory=dict)  # robustness holdout left out of training: sha256, listed, reviews_dropped
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from app import runner as runner_module
-from app.main import mark_draining
 from app.runner import Runner
 from contract import artifact as artifact_io
 from contract.artifact import Artifact
@@ -98,7 +97,7 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
         while not batches:
             await asyncio.sleep(0.002)
         rest = [asyncio.create_task(client.post("/predict", json={"text": t})) for t in texts[1:]]
-        while app.state.runner.batcher.depth < len(texts) - 1:
+        while app.state.service.runner.batcher.depth < len(texts) - 1:
             await asyncio.sleep(0.002)
         gate.set()
         responses = await asyncio.gather(first, *rest)
@@ -125,7 +124,7 @@ async def test_health_live_and_ready(serve: ServeFactory) -> None:
     async with serve() as (client, app):
         assert (await client.get("/health/live")).json() == {"status": "alive"}
         assert (await client.get("/health/ready")).json() == {"status": "ready"}
-        mark_draining(app)  # what SIGTERM does before in-flight requests finish
+        app.state.service.begin_drain()  # what SIGTERM does before in-flight requests finish
         draining = await client.get("/health/ready")
         still_live = await client.get("/health/live")
     assert draining.status_code == 503
@@ -171,6 +170,7 @@ async def test_model_info(serve: ServeFactory, tiny_model_path: Path) -> None:
     assert info["vocab_size"] == len(loaded.vocab) and info["max_length"] == loaded.manifest.max_length
     assert info["device"] == "cpu" and info["normalizer_version"] == NORMALIZER_VERSION
     assert info["metrics"] == {"test": {"accuracy": 1.0}}
+    assert info["holdout"] == loaded.manifest.holdout == {"sha256": "0" * 64, "listed": 753, "reviews_dropped": 753}
 
 
 async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: ServeFactory) -> None:

@@ -351,13 +351,19 @@ def test_compose_builds_with_dockerfile_args(compose: dict, stages: list[list[In
     for name, service in compose["services"].items():
         assert service["build"]["context"] == ".", name
         assert set(service["build"].get("args", {})) <= declared, f"{name} passes a build arg the Dockerfile does not declare"
-    assert compose["services"]["api"]["build"]["args"]["TORCH_INDEX_URL"] == args_of(stages)["TORCH_INDEX_URL"]
-    assert "download.pytorch.org/whl/cpu" not in compose["services"]["api-gpu"]["build"]["args"]["TORCH_INDEX_URL"]
+    dockerfile = args_of(stages)
+    for name in ("api", "train"):
+        args = compose["services"][name]["build"]["args"]
+        for arg in ("TORCH_INDEX_URL", "PYTHON_IMAGE"):  # overridable from the environment (mirrors, air gaps), same defaults
+            assert args[arg] == f"${{{arg}:-{dockerfile[arg]}}}", (name, arg)
+    gpu = compose["services"]["api-gpu"]["build"]["args"]
+    assert gpu["PYTHON_IMAGE"] == f"${{PYTHON_IMAGE:-{dockerfile['PYTHON_IMAGE']}}}"
+    assert gpu["TORCH_INDEX_URL"].startswith("${") and "download.pytorch.org/whl/cpu" not in gpu["TORCH_INDEX_URL"]
 
 
 def test_compose_api_publishes_the_settings_default_port(compose: dict) -> None:
     port = settings_fields()["port"]
-    assert compose["services"]["api"]["ports"] == [f"{port}:{port}"]
+    assert compose["services"]["api"]["ports"] == [f"${{API_PORT:-{port}}}:{port}"]
     assert compose["services"]["api-gpu"]["ports"][0].endswith(f":{port}")
 
 
@@ -378,11 +384,11 @@ def test_compose_train_mounts_data_and_models_and_runs_sentiment_train(compose: 
     train = compose["services"]["train"]
     assert train["build"]["args"]["EXTRAS"] == "train"
     (data,) = [v for v in train["volumes"] if ":/data:" in v]
-    assert data.endswith(":ro") and "../shared/data}:" in data  # the default data dir is the shared one
+    assert data == "${IMDB_DATA_DIR:-./data}:/data:ro"  # where users have it, not the dev machines' ../shared
     workdir = [i.args for i in final if i.keyword == "WORKDIR"][-1]
     assert f"./models:{workdir}/models" in train["volumes"]  # where the default --out models/sentiment.pt lands
     assert train["working_dir"] == workdir
-    assert train["command"][:3] == ["sentiment-train", "--data", "/data/${IMDB_DATA_FILE:-aclImdb.tar.gz}"]
+    assert train["command"][:3] == ["sentiment-train", "--data", "/data/${IMDB_DATA_FILE:-aclImdb_v1.tar.gz}"]
     assert train["command"][0] in PYPROJECT["project"]["scripts"]
 
 
@@ -466,8 +472,8 @@ def test_readme_configuration_table_lists_every_setting_with_its_default(readme:
 
 
 def test_grace_periods_outlast_the_shutdown_drain(compose: dict, kube: list[dict]) -> None:
-    """The orchestrator must not SIGKILL before the server's own drain (SENTIMENT_SHUTDOWN_TIMEOUT_S) ends."""
-    drain = settings_fields()["shutdown_timeout_s"]
+    """The orchestrator must not SIGKILL before the server's own drain ends: grace > drain delay + shutdown timeout."""
+    drain = settings_fields()["drain_delay_s"] + settings_fields()["shutdown_timeout_s"]
     for name in ("api", "api-gpu"):
         assert compose["services"][name]["stop_signal"] == "SIGTERM"
         grace = compose["services"][name]["stop_grace_period"]

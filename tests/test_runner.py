@@ -75,11 +75,11 @@ def test_labels_and_scores_follow_the_manifest(tiny_artifact: Artifact) -> None:
 def test_start_runs_the_golden_check_and_close_stops_the_worker(tiny_artifact: Artifact) -> None:
     async def run() -> None:
         runner = Runner(tiny_artifact)
-        assert not runner.ready
+        assert not runner.accepting
         await runner.start()
-        assert runner.golden_ok and runner.ready
+        assert runner.golden_ok and runner.accepting
         await runner.close()
-        assert not runner.ready
+        assert not runner.accepting
 
     asyncio.run(run())
     assert len(GOLDEN) == 2 and {label for _, label in GOLDEN} == {0, 1}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
+import json
 import re
-import shutil
+import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,29 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from app.main import _Server, cli, create_app
+from app.main import cli
+from tests.live_server import free_port, running_server, serve_command, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def serve_command() -> list[str]:
-    """The console script the container runs, or the same entry point via python when it is not installed."""
-    script = shutil.which("sentiment-serve", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-c", "from app.main import cli; cli()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env(model: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
-    env.update({"SENTIMENT_MODEL_PATH": str(model), "SENTIMENT_TORCH_THREADS": "1", "SENTIMENT_LOG_LEVEL": "warning", **extra})
-    return env
 
 
 @pytest.fixture
@@ -116,13 +98,6 @@ def test_invalid_settings_are_one_line_and_exit_2(
     assert len(err.strip().splitlines()) == 1 and "SENTIMENT_MAX_BATCH_SIZE" in err
 
 
-def test_sigterm_marks_the_app_unready_before_uvicorn_drains(make_settings: object) -> None:
-    app = create_app(make_settings())  # type: ignore[operator]
-    server = _Server(uvicorn.Config(app), on_exit=lambda: setattr(app.state, "draining", True))
-    server.handle_exit(signal.SIGTERM, None)
-    assert app.state.draining and server.should_exit
-
-
 def test_sigterm_drains_every_accepted_request_then_exits_0(tiny_model_path: Path, tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -174,3 +149,145 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(tiny_model_path: Pat
     assert all(r[2] > sigterm_at for r in results), "the requests were answered after SIGTERM, i.e. drained"
     assert exit_code == 0, stderr
     assert "Traceback" not in stderr
+
+
+def _predict_request(text: str, *, close: bool = False) -> bytes:
+    body = json.dumps({"text": text}).encode()
+    connection = b"Connection: close\r\n" if close else b""
+    return b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        connection,
+        len(body),
+        body,
+    )
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in head[1:] if ":" in line)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+async def _new_connection_each(port: int, n: int, spacing: float, signal_at: float, process: subprocess.Popen[bytes]) -> list[str]:
+    """n requests `spacing` s apart, each on a new connection; SIGTERM at `signal_at`. One outcome per request:
+    'refused' (connect failed: fine, the client knows it may retry), 'ok' (a 200, or a JSON 503 saying
+    Connection: close), else what went wrong for a connection the server's kernel accepted ('lost ...')."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    loop.call_at(t0 + signal_at, process.send_signal, signal.SIGTERM)
+
+    async def one(i: int) -> str:
+        await asyncio.sleep(max(0.0, t0 + i * spacing - loop.time()))
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return "refused"
+        try:
+            writer.write(_predict_request(f"a great film, number {i}"))
+            await writer.drain()
+            status, headers, body = await asyncio.wait_for(_read_response(reader), 60)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            return f"lost {type(exc).__name__}"
+        finally:
+            writer.close()
+        if status == 200 and json.loads(body)["predictions"][0]["label"] in ("positive", "negative"):
+            return "ok"
+        if status == 503 and headers.get("connection") == "close" and json.loads(body)["error"]["type"]:
+            return "ok"
+        return f"lost {status} {body[:80]!r}"
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+@pytest.mark.slow
+def test_sigterm_under_new_connections_loses_none_over_10_rounds(tiny_model_path: Path, tmp_path: Path) -> None:
+    """400 requests 2 ms apart, a new connection each, SIGTERM at 0.4 s: every accepted connection is answered.
+
+    The drain delay is short (0 or 0.1 s) so that the listener closes while connections still arrive: the
+    race between accept and close, and the connections in the backlog, are what this exercises.
+    """
+    totals: dict[str, int] = {}
+    for round_ in range(10):
+        delay = "0" if round_ % 2 else "0.1"
+        with running_server(tiny_model_path, tmp_path, SENTIMENT_DRAIN_DELAY_S=delay) as (process, port, log):
+            outcomes = asyncio.run(_new_connection_each(port, 400, 0.002, 0.4, process))
+            exit_code = process.wait(timeout=60)
+        counts = {o: outcomes.count(o) for o in set(outcomes)}
+        print(f"round {round_} (drain delay {delay} s): {counts}, exit {exit_code}")
+        for outcome, count in counts.items():
+            totals[outcome] = totals.get(outcome, 0) + count
+        assert exit_code == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+    lost = {o: c for o, c in totals.items() if o.startswith("lost")}
+    print(f"10 rounds: {totals}")
+    assert not lost, f"accepted connections closed without an answer: {lost} (all: {totals})"
+    assert totals.get("ok", 0) >= 10 * 200, "most requests came before the listener closed and were answered"
+    assert totals.get("refused", 0) > 0, "the listener did close while clients were still connecting"
+
+
+def test_the_drain_delay_keeps_serving_while_unready_then_connections_are_told_to_close(tiny_model_path: Path, tmp_path: Path) -> None:
+    with running_server(tiny_model_path, tmp_path, SENTIMENT_DRAIN_DELAY_S="1.5") as (process, port, _):
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.post("/predict", json={"text": "great"}).headers.get("connection") != "close"
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            ready = client.get("/health/ready")
+            served = client.post("/predict", json={"text": "great"})
+            served_at = time.monotonic()
+        exit_code = process.wait(timeout=30)
+        exited = time.monotonic()
+    assert ready.status_code == 503 and "shutting down" in ready.json()["error"]["message"]
+    assert served.status_code == 200 and served.headers["connection"] == "close", "served during the delay, told to reconnect"
+    assert served_at - signalled < 1.5 <= exited - signalled, "the listener stayed open for the drain delay"
+    assert exit_code == 0
+
+
+def _early_answer(port: int, head: bytes, body_size: int) -> tuple[bytes, int]:
+    """Send `head` and the first 64 KiB of a body, wait until an answer is readable, then send the rest of the body
+    (a client that does not watch for early answers); return (what was read to EOF, bytes of body sent)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(head)
+        chunk = b"x" * 65536
+        sock.sendall(chunk)
+        sent = len(chunk)
+        select.select([sock], [], [], 10)  # the answer has arrived; the server has read at most the head
+        while sent < body_size:
+            sock.sendall(chunk)
+            sent += len(chunk)
+        received = b""
+        while b"\r\n\r\n" not in received and (data := sock.recv(65536)):
+            received += data
+        length = re.search(rb"content-length: (\d+)", received, re.IGNORECASE)
+        while length and len(received.split(b"\r\n\r\n", 1)[1]) < int(length.group(1)) and (data := sock.recv(65536)):
+            received += data
+        return received, sent
+
+
+def test_answers_sent_before_the_body_is_read_reach_a_client_still_sending(tiny_model_path: Path, tmp_path: Path) -> None:
+    size = 8 << 20  # far more than the socket buffers hold: the server must read it for the client to finish
+    with running_server(tiny_model_path, tmp_path, SENTIMENT_MAX_BODY_BYTES="100000", SENTIMENT_MAX_IN_FLIGHT="1") as (_, port, _):
+        too_large = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
+        received, sent = _early_answer(port, too_large, size)
+        assert sent == size and received.startswith(b"HTTP/1.1 413 ") and b'"payload_too_large"' in received, received[:300]
+        streamed = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:  # 413 counted while streaming
+            sock.sendall(streamed)
+            for _ in range(4):
+                sock.sendall(chunk)
+            select.select([sock], [], [], 10)
+            for _ in range(120):
+                sock.sendall(chunk)
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
+
+        # The in-flight 503: one request holds the only slot (its body never completes), the next is refused unread.
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as holder:
+            holder.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            time.sleep(0.3)
+            head = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % 90_000
+            received, sent = _early_answer(port, head, 90_000)
+        assert received.startswith(b"HTTP/1.1 503 ") and b'"overloaded"' in received and b"retry-after" in received.lower(), received

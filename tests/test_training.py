@@ -28,6 +28,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv = [
         "--data",
         str(DATA),
+        "--cad-dir",
+        str(DATA.parent / "cad"),
         "--out",
         str(out),
         "--limit",
@@ -59,12 +61,17 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert len(m.data_sha256) == 64
     assert set(m.metrics["test"]) >= {"accuracy", "f1", "roc_auc", "ece_15", "brier"}
     assert m.metrics["test"]["n"] == 300  # 150 per class
+    assert m.holdout["reviews_dropped"] == 753 and m.holdout["listed"] == 753 and len(m.holdout["sha256"]) == 64
+    robust = m.metrics["robustness"]
+    assert robust["cad_dev_original"]["n"] == robust["cad_dev_revised"]["n"] == robust["cad_dev_pairs"]["n"] == 245
+    assert 0 <= robust["cad_dev_pairs"]["both_right"] <= min(robust["cad_dev_original"]["accuracy"], robust["cad_dev_revised"]["accuracy"])
     ids, lengths = pad_batch([loaded.encoder.encode(t).ids for t in ["A fine film.", "Terrible.<br />Awful!"]])
     with torch.inference_mode():
         p = loaded.module(ids, lengths)
     assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
     card = (trained.parent / "MODEL_CARD.md").read_text()
     assert "python -m training" in card and "accuracy" in card
+    assert "CAD dev revisions" in card and "left out of every training step: 753" in card
     summary = json.loads((trained.parent / "metrics.json").read_text())
     assert summary["export_checks"]["parity_max_abs_diff"] <= 1e-5
     assert summary["export_checks"]["padding_max_abs_diff"] <= 1e-5
@@ -143,3 +150,33 @@ def test_crop_to_shortest_equalises_lengths_keeping_head_and_tail() -> None:
     assert cropped[1] == batch[1]  # the shortest is untouched
     assert cropped[0] == [0, 1, 4, 5, 6, 7, 8, 9]  # 2 from the head, 6 from the tail
     assert cropped[2][:2] == [200, 201] and cropped[2][-1] == 211
+
+
+@needs_data
+def test_reexport_keeps_weights_vocab_and_hand_notes_and_bumps_the_version(trained: Path, tmp_path: Path) -> None:
+    from training.export import reexport
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("model.pt", "MODEL_CARD.md", "metrics.json"):
+        (folder / name).write_bytes((trained.parent / name).read_bytes())
+    card = folder / "MODEL_CARD.md"
+    card.write_text(card.read_text().replace("## Export checks", "## Notes\n\nA hand-written note.\n\n## Export checks"))
+    old = artifact.load(folder / "model.pt")
+    texts = ["A wonderful film.", "Dull and boring, a waste of time.", "It was fine, I guess, the plot was thin but the actors good."]
+
+    final, checks = reexport(folder / "model.pt", folder / "model.pt", "9.9.9", texts * 8)
+
+    new = artifact.load(folder / "model.pt")
+    assert new.manifest.version == final.version == "9.9.9"
+    assert new.manifest.weights_sha256 == old.manifest.weights_sha256 and new.vocab == old.vocab
+    assert new.manifest.metrics == old.manifest.metrics
+    assert new.manifest.training["reexported"]["from_version"] == old.manifest.version
+    assert checks["previous_file_max_abs_diff"] <= 1e-5 and checks["routes_max_abs_diff"] <= 1e-5
+    x, lengths = pad_batch([old.encoder.encode(t).ids for t in texts])
+    with torch.inference_mode():
+        assert float((new.module(x, lengths) - old.module(x, lengths)).abs().max()) <= 1e-5
+    text = card.read_text()
+    assert text.startswith(f"# Model card: {old.manifest.name} 9.9.9\n")
+    assert "A hand-written note." in text and f"Re-exported as 9.9.9 from {old.manifest.version}" in text
+    assert json.loads((folder / "metrics.json").read_text())["version"] == "9.9.9"

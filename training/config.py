@@ -16,10 +16,12 @@ class TrainConfig:
     download: bool = False  # fetch the official tarball (sha256-verified) if no local copy is found
     out: Path = Path("models/sentiment.pt")  # where the artifact goes; model card + plots go beside it
     name: str = "imdb-bilstm"  # model name served in responses and OIP v2 routes
-    version: str = "1.0.0"  # bump when the shipped model changes
+    version: str = "1.1.0"  # bump when the shipped model changes (1.1.0: same weights as 1.0.0, dense BiLSTM route)
     seed: int = 0  # seeds python/torch and the movie split: identical runs give identical models on one machine
     device: str = "auto"  # auto = cuda if visible else cpu
     threads: int = 0  # torch intra-op threads; 0 = all cores (use 1 on a shared machine: OpenMP stragglers cost 10x)
+    holdout: bool = True  # drop the robustness holdout (training/robustness-holdout.txt) from every step: contrast sets are edits of it
+    cad_dir: Path | None = None  # folder with CAD's {train,dev}_paired.tsv; None: data/cad, then ../shared/data/cad
     limit: int | None = None  # reviews per split and class; for smoke tests only
     validation_fraction: float = 0.1  # of train movies held out for early stopping and calibration
     vocab_size: int = 30_000  # covers ~98% of review tokens; the embedding table dominates file size (30k x 128 x 4 B = 15 MB)

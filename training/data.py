@@ -48,6 +48,7 @@ class Dataset:
     test: list[Review]
     unsup: list[Review]
     sha256: str  # of the tarball, or "" for a folder
+    excluded: int = 0  # reviews dropped because they were listed in `exclude` (the robustness holdout)
 
 
 def download(dest: Path) -> Path:
@@ -93,8 +94,18 @@ def _validation_movie(movie: str, fraction: float, seed: int) -> bool:
     return h / 2**64 < fraction
 
 
-def load(path: Path, validation_fraction: float = 0.1, seed: int = 0, limit: int | None = None) -> Dataset:
-    """Read the dataset at `path` (tarball or folder). `limit` keeps that many reviews per split and class (tests)."""
+def load(
+    path: Path,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> Dataset:
+    """Read the dataset at `path` (tarball or folder). `limit` keeps that many reviews per split and class (tests).
+
+    `exclude` holds paths relative to aclImdb/ ("train/neg/1015_2.txt"): those reviews are dropped before
+    anything else sees them (split, vocabulary, pre-training), so no training step can learn from them.
+    """
     if not path.exists():
         raise DataError(f"dataset not found at {path}; pass --data PATH (aclImdb tarball or folder) or --download")
     raw: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
@@ -109,8 +120,14 @@ def load(path: Path, validation_fraction: float = 0.1, seed: int = 0, limit: int
     if missing := [f"{s}/{k}" for s, k in expected if not raw.get((s, k))]:
         raise DataError(f"{path} has no reviews under {', '.join(missing)}; is it the aclImdb dataset?")
 
+    excluded = 0
+
     def reviews(split: str, kind: str) -> list[Review]:
-        rows = sorted(raw.get((split, kind), []))[:limit]
+        nonlocal excluded
+        rows = sorted(raw.get((split, kind), []))
+        kept = [row for row in rows if f"{split}/{kind}/{row[0]}_{row[1]}.txt" not in exclude]
+        excluded += len(rows) - len(kept)
+        rows = kept[:limit]
         movie_urls = urls.get((split, kind), [])
         label = {"pos": 1, "neg": 0, "unsup": -1}[kind]
         out = []
@@ -128,10 +145,13 @@ def load(path: Path, validation_fraction: float = 0.1, seed: int = 0, limit: int
         test=reviews("test", "pos") + reviews("test", "neg"),
         unsup=reviews("train", "unsup"),
         sha256=file_sha256(path) if path.is_file() else "",
+        excluded=excluded,
     )
 
 
-SEARCH = (Path("../shared/data/aclImdb.tar.gz"), Path("data/aclImdb_v1.tar.gz"), Path("data/aclImdb"), Path("aclImdb"))
+# Where a user has the dataset (what --download writes first). Contributors on the dev machines pass
+# --data ../shared/data/aclImdb.tar.gz (docs/contributing.md): a checkout-relative path is no user default.
+SEARCH = (Path("data/aclImdb_v1.tar.gz"), Path("data/aclImdb.tar.gz"), Path("data/aclImdb"), Path("aclImdb"))
 
 
 def find(given: Path | None, allow_download: bool = False) -> Path:

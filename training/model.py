@@ -1,9 +1,21 @@
 """Embedding + bidirectional LSTM + max/mean pooling + linear + sigmoid.
 
-Packed sequences make every output independent of padding and of the other
-texts in the batch (the serving batcher mixes strangers' texts). Calibration
-is a temperature buffer divided into the logit, so the exported file returns
-calibrated probabilities with no extra step at serve time.
+Every output is independent of padding and of the other texts in the batch
+(the serving batcher mixes strangers' texts). Two exact routes compute the
+same BiLSTM from the same weights:
+- packed (`pack_padded_sequence`): costs only real tokens, but runs PyTorch's
+  generic per-step loop;
+- dense: the forward direction is a plain LSTM over the right-padded batch,
+  the backward one a plain LSTM over each row reversed within its own length,
+  gathered back into place; masks keep padding out of the pooling. Dense
+  input takes oneDNN's fused LSTM on CPU, ~1.5-2x faster per token, but it
+  also computes the padding.
+At inference the model takes the dense route when padded tokens are at most
+`dense_max_padding` x real tokens (the serving batcher cuts length-homogeneous
+batches so it nearly always is), else the packed one; training always packs,
+so retraining reproduces the shipped weights. Calibration is a temperature
+buffer divided into the logit, so the exported file returns calibrated
+probabilities with no extra step at serve time.
 """
 
 from __future__ import annotations
@@ -14,25 +26,66 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from contract.vocab import PAD_ID
 
+# Padded / real tokens up to which the dense route is cheaper than packing. Measured on the shipped model,
+# 1 thread, IMDb test reviews: dense is 2.2-3x faster at batch 2-8 even at 1.5x padding, ~1.5x at batch 16
+# with 1.8x padding, and breaks even around 2x padding at batch 32-64 (docs/benchmarks.md, "Kernels").
+DENSE_MAX_PADDING = 2.0
+
 
 class SentimentLSTM(nn.Module):
-    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, dropout: float, dense_max_padding: float = DENSE_MAX_PADDING) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(4 * hidden, 1)  # [max-pool ; mean-pool] of 2 directions
         self.register_buffer("temperature", torch.ones(()))
+        self.dense_max_padding = dense_max_padding  # a plain attribute: the weights (and their sha256) stay the same
+
+    def _packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, E] -> h [B, T, 2H], zeros past each length."""
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        return pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0]
+
+    def _dense(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, E] -> h [B, T, 2H], undefined past each length (the caller masks it)."""
+        batch, total = x.size(0), x.size(1)
+        lstm = self.lstm
+        zeros = x.new_zeros(1, batch, lstm.hidden_size)  # [1, B, H]: h0 = c0 = 0, as for packed input
+        forward = torch.lstm(
+            x, [zeros, zeros], [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0], True, 1, 0.0, False, False, True
+        )[0]  # [B, T, H]: step t sees tokens 0..t only, so padding after a row's end cannot reach it
+        steps = torch.arange(total, device=x.device)[None, :]  # [1, T]
+        last = lengths[:, None] - 1  # [B, 1]
+        flip = torch.where(steps <= last, last - steps, steps)  # [B, T]: reverses each row within its length; an involution
+        x_rev = x.gather(1, flip[:, :, None].expand(batch, total, x.size(2)))  # [B, T, E]: real tokens reversed, padding last
+        backward = torch.lstm(
+            x_rev,
+            [zeros, zeros],
+            [lstm.weight_ih_l0_reverse, lstm.weight_hh_l0_reverse, lstm.bias_ih_l0_reverse, lstm.bias_hh_l0_reverse],
+            True,
+            1,
+            0.0,
+            False,
+            False,
+            True,
+        )[0]  # [B, T, H], in reversed order
+        backward = backward.gather(1, flip[:, :, None].expand(batch, total, backward.size(2)))  # [B, T, H] back in place
+        return torch.cat([forward, backward], 2)  # [B, T, 2H]
+
+    def use_dense(self, lengths: torch.Tensor, total: int) -> bool:
+        """The dense route pays when padding is small; training keeps the packed route (and its exact history)."""
+        return (not self.training) and lengths.size(0) * total <= self.dense_max_padding * float(lengths.sum())
 
     def logits_from_embeddings(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: FloatTensor[B, T, E] embedded ids, lengths: LongTensor[B] -> uncalibrated logits FloatTensor[B]."""
         total = x.size(1)
-        packed = pack_padded_sequence(self.dropout(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        h, _ = pad_packed_sequence(out, batch_first=True, total_length=total)  # [B, T, 2H], zeros past each length
-        mask = torch.arange(total, device=x.device)[None, :] < lengths[:, None]  # [B, T]
-        mean = h.sum(1) / lengths[:, None].to(h.dtype)  # [B, 2H]; padded steps are 0 so the sum is exact
-        peak = h.masked_fill(~mask[:, :, None], float("-inf")).max(1).values  # [B, 2H]
+        x = self.dropout(x)
+        h = self._dense(x, lengths) if self.use_dense(lengths, total) else self._packed(x, lengths)  # [B, T, 2H]
+        mask = (torch.arange(total, device=x.device)[None, :] < lengths[:, None])[:, :, None]  # [B, T, 1]
+        mean = h.masked_fill(~mask, 0.0).sum(1) / lengths[:, None].to(h.dtype)  # [B, 2H]
+        peak = h.masked_fill(~mask, float("-inf")).max(1).values  # [B, 2H]
         return self.head(self.dropout(torch.cat([peak, mean], 1))).squeeze(1)  # [B]
 
     def logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

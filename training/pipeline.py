@@ -7,7 +7,6 @@ import logging
 import os
 import platform
 import random
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,12 +18,13 @@ from contract.encoder import TextEncoder
 from contract.manifest import Manifest
 from contract.text import NORMALIZER_VERSION, tokenize
 from contract.vocab import Vocab
-from training import data, report
+from training import cad, data, report, short_texts
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.embeddings import word2vec_matrix
-from training.evaluate import metrics
+from training.evaluate import metrics, robustness
 from training.export import export
+from training.holdout import Holdout
 from training.loop import fit, predict_logits
 from training.model import SentimentLSTM
 
@@ -38,14 +38,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise data.DataError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
     return torch.device(name)
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except OSError:
-        return ""
 
 
 def hardware(device: torch.device) -> str:
@@ -64,13 +56,16 @@ def train(config: TrainConfig) -> Path:
     device = resolve_device(config.device)
     path = data.find(config.data, config.download)
     log.info("data %s, device %s", path, device)
-    dataset = data.load(path, config.validation_fraction, config.seed, config.limit)
+    holdout = Holdout.read() if config.holdout else Holdout.none()
+    dataset = data.load(path, config.validation_fraction, config.seed, config.limit, holdout.paths)
+    cad_dev = cad.read(cad.find(config.cad_dir) / "dev_paired.tsv")
     log.info(
-        "train %d, validation %d, test %d, unlabelled %d",
+        "train %d, validation %d, test %d, unlabelled %d; %d robustness-holdout reviews left out",
         len(dataset.train),
         len(dataset.validation),
         len(dataset.test),
         len(dataset.unsup),
+        dataset.excluded,
     )
 
     def tokens_of(reviews: list[data.Review], what: str) -> list[list[str]]:
@@ -127,6 +122,19 @@ def train(config: TrainConfig) -> Path:
     test["brier_uncalibrated"] = brier(torch.sigmoid(test_logits), y_test)
     log.info("test: accuracy %.4f, f1 %.4f, auc %.4f, ece %.4f", test["accuracy"], test["f1"], test["roc_auc"], test["ece_15"])
 
+    def calibrated(texts: list[str]) -> torch.Tensor:
+        ids = [encoder.encode(t).ids for t in texts]
+        return torch.sigmoid(predict_logits(model, ids, config.eval_batch_size, device) / temperature)
+
+    robust = robustness(calibrated, cad_dev, short_texts.build((r.text, r.label) for r in dataset.validation))
+    log.info(
+        "CAD dev: originals %.4f, revisions %.4f, both right %.4f; short texts %.4f",
+        robust["cad_dev_original"]["accuracy"],
+        robust["cad_dev_revised"]["accuracy"],
+        robust["cad_dev_pairs"]["both_right"],
+        robust["short_text"].get("accuracy", float("nan")),
+    )
+
     manifest = Manifest(
         name=config.name,
         version=config.version,
@@ -137,8 +145,12 @@ def train(config: TrainConfig) -> Path:
         normalizer_version=NORMALIZER_VERSION,
         data_sha256=dataset.sha256,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        git_commit=git_commit(),
-        metrics={"test": test, "validation": {"accuracy": history.val_accuracy[history.best_epoch - 1], **calibration}},
+        git_commit=report.git_commit(),
+        metrics={
+            "test": test,
+            "validation": {"accuracy": history.val_accuracy[history.best_epoch - 1], **calibration},
+            "robustness": robust,
+        },
         training={
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
             "hardware": hardware(device),
@@ -147,6 +159,7 @@ def train(config: TrainConfig) -> Path:
             "best_epoch": history.best_epoch,
             "parameters": sum(p.numel() for p in model.parameters()),
         },
+        holdout=holdout.manifest_entry(dataset.excluded) if config.holdout else {},
     )
     final, checks = export(model, vocab, manifest, config.out, val_ids[:256], dataset.validation[0].text)
     report.write(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,41 @@ def _plots(
     plt.close(fig)
 
 
+def robustness_section(manifest: Manifest) -> str:
+    """Off-distribution figures: CAD dev (minimal edits that flip the label) and short texts from validation."""
+    robust = manifest.metrics.get("robustness")
+    if not robust:
+        return "## Robustness\n\nNot measured for this file (`python -m training.evaluate` computes it).\n"
+    rows = [
+        ("CAD dev originals", robust["cad_dev_original"]),
+        ("CAD dev revisions (label flipped by a minimal edit)", robust["cad_dev_revised"]),
+        ("short texts from validation reviews", robust["short_text"]),
+    ]
+    table = "\n".join(
+        f"| {name} | {m['n']:,} | {m['accuracy']:.2%} | {m['ece_15']:.2%} |" if m["n"] else f"| {name} | 0 | n/a | n/a |" for name, m in rows
+    )
+    pairs = robust["cad_dev_pairs"]
+    holdout = manifest.holdout
+    left_out = (
+        f"The {holdout['listed']} robustness-holdout reviews (list sha256 `{holdout['sha256'][:12]}…`) were left out of every "
+        f"training step: {holdout['reviews_dropped']} of them were in this data."
+        if holdout
+        else "This model was trained **with** the robustness-holdout reviews, so its CAD originals are training data."
+    )
+    return f"""## Robustness (off the test set)
+
+| set | n | accuracy | ECE (15 bins) |
+|---|---:|---:|---:|
+{table}
+| CAD dev pairs with both members right | {pairs["n"]:,} | {pairs["both_right"]:.2%} | |
+
+{left_out} The short-text set is the first and last sentence (4–30 words, carrying a
+clear polar word) of validation reviews, labelled with the review's label: its labels are
+noisy (hand-checked sample: 49 of 60 read as their label, so a reader of the sentence alone
+scores ~82–89 %), see `training/short_texts.py`.
+"""
+
+
 def write(
     path: Path,
     manifest: Manifest,
@@ -116,9 +152,60 @@ def write(
     y_val: torch.Tensor,
     speed_ids: list[list[int]],
 ) -> None:
+    """metrics.json, MODEL_CARD.md and the plots after a training run."""
+    _plots(path.parent, history, test_probs, y_test, val_before, val_after, y_val, manifest.metrics["test"]["confusion"])
+    _card(path, manifest, dict(vars(history)), checks, throughput(path, speed_ids))
+
+
+def refresh_card(path: Path, manifest: Manifest, checks: dict[str, float], speed_ids: list[list[int]]) -> None:
+    """metrics.json and MODEL_CARD.md after a re-export: training history, plots and hand-written notes are kept.
+
+    The card is edited in place (title, throughput row, provenance, export
+    checks) so notes added by hand to the last run's card survive; a card
+    without those anchors is written afresh.
+    """
+    folder = path.parent
+    previous = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    card_file = folder / "MODEL_CARD.md"
+    old_card = card_file.read_text() if card_file.is_file() else ""
+    speed = throughput(path, speed_ids)
+    _card(path, manifest, previous.get("history", {}), checks, speed)
+    fresh = card_file.read_text()
+    anchors = (
+        "# Model card: ",
+        "| CPU throughput, batch 1 / batch 64 |",
+        "\nRe-check the test figures",
+        "## Export checks",
+        "\n## Intended use",
+    )
+    if not all(a in old_card for a in anchors):
+        return
+
+    def section(card: str, start: str, end: str) -> str:
+        return card[card.index(start) : card.index(end)]
+
+    card = fresh.splitlines()[0] + old_card[old_card.index("\n") :]
+    old_row = next(line for line in card.splitlines() if line.startswith(anchors[1]))
+    new_row = next(line for line in fresh.splitlines() if line.startswith(anchors[1]))
+    card = card.replace(old_row, new_row)
+    provenance_start = "\nRe-exported as " if "\nRe-exported as " in card else anchors[2]
+    card = card[: card.index(provenance_start)] + section(fresh, "\nRe-exported as ", anchors[2]) + card[card.index(anchors[2]) :]
+    card = card.replace(section(card, anchors[3], anchors[4]), section(fresh, anchors[3], anchors[4]))
+    card_file.write_text(card)
+
+
+def git_commit() -> str:
+    """Short commit of the working tree, for provenance ("" outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except OSError:
+        return ""
+
+
+def _card(path: Path, manifest: Manifest, history: dict[str, Any], checks: dict[str, float], speed: dict[str, float]) -> None:
     folder = path.parent
     test: dict[str, Any] = manifest.metrics["test"]
-    speed = throughput(path, speed_ids)
     summary = {
         "model": manifest.name,
         "version": manifest.version,
@@ -127,16 +214,23 @@ def write(
         "file_sha256": artifact.file_sha256(path),
         "metrics": manifest.metrics,
         "training": manifest.training,
-        "history": {k: v for k, v in vars(history).items()},
+        "history": history,
         "export_checks": checks,
         "throughput_cpu": speed,
     }
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plots(folder, history, test_probs, y_test, val_before, val_after, y_val, test["confusion"])
     cfg = manifest.training["config"]
     val = manifest.metrics["validation"]
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "out" and str(v) != str(defaults[k]))
+    reexported = manifest.training.get("reexported")
+    provenance = (
+        f"\nRe-exported as {manifest.version} from {reexported['from_version']} (file sha256 `{reexported['from_file_sha256'][:12]}…`) "
+        f"on {reexported['at']} at commit `{reexported['git_commit'] or 'n/a'}` with\n`python -m training.export --reexport "
+        f"{path.as_posix()} --version {manifest.version}`: same weights, vocabulary and calibration, new forward code.\n"
+        if reexported
+        else ""
+    )
     (folder / "MODEL_CARD.md").write_text(f"""# Model card: {manifest.name} {manifest.version}
 
 A binary sentiment classifier for English movie-review-style text: word
@@ -163,6 +257,8 @@ and folded into the file. Output: calibrated P(positive).
 
 Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
 
+{robustness_section(manifest)}
+
 ![learning curves](learning_curves.png) ![reliability](reliability.png) ![confusion matrix](confusion_matrix.png)
 
 ## How it was made
@@ -177,7 +273,7 @@ length-bucketed batches, Adam with a one-cycle schedule, gradient clipping at
 {cfg["validation_fraction"]:.0%} of the *training movies* (grouped by IMDb title id), so no film is on both
 sides; the test set was used once, after every choice. Data sha256: `{manifest.data_sha256}`.
 Git commit: `{manifest.git_commit or "n/a"}`; created {manifest.created_at}.
-
+{provenance}
 Re-check the test figures from the shipped file:
 
     python -m training.evaluate {path.as_posix()} --data ../shared/data/aclImdb.tar.gz
@@ -185,9 +281,10 @@ Re-check the test figures from the shipped file:
 ## Export checks (run automatically)
 
 - scripted vs eager, max |Δp| on 256 validation reviews: {checks["parity_max_abs_diff"]:.1e}
+- dense vs packed BiLSTM route, mixed-length batches of 16, max |Δp|: {checks.get("routes_max_abs_diff", float("nan")):.1e}
 - padding / batch-mate invariance, max |Δp|: {checks["padding_max_abs_diff"]:.1e}
 - fresh process that imports only `contract/`: |Δp| {checks["fresh_process_abs_diff"]:.1e}
-
+{f"- against the file it replaced, mixed and length-sorted batches, max |Δp|: {checks['previous_file_max_abs_diff']:.1e}" + chr(10) if "previous_file_max_abs_diff" in checks else ""}
 ## Intended use and limits
 
 Trained on IMDb movie reviews (English, 2011 and earlier, polarised: ratings ≤ 4 or ≥ 7).

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.dependencies import not_ready_reason
-from app.errors import NotReady
+from app.dependencies import require_ready
 from app.schemas import ErrorResponse, HealthStatus
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -20,6 +19,5 @@ async def live() -> HealthStatus:
 @router.get("/ready", response_model=HealthStatus, responses={503: {"model": ErrorResponse, "description": "Not ready, with the reason."}})
 async def ready(request: Request) -> HealthStatus:
     """Send traffic here only when this is 200."""
-    if (reason := not_ready_reason(request)) is not None:
-        raise NotReady(reason)
+    require_ready(request)
     return HealthStatus(status="ready")

@@ -31,4 +31,5 @@ async def model_info(runner: Annotated[Runner, Depends(get_runner)]) -> ModelInf
         created_at=manifest.created_at,
         git_commit=manifest.git_commit,
         metrics=manifest.metrics,
+        holdout=manifest.holdout,
     )

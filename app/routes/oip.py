@@ -13,8 +13,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from app.config import Settings
-from app.dependencies import Inference, get_runner, inference, not_ready_reason
-from app.errors import InvalidInput, NotFound, NotReady, documented
+from app.dependencies import Inference, get_runner, inference, require_ready
+from app.errors import InvalidInput, NotFound, documented
 from app.runner import Runner
 from app.schemas import (
     InferOutput,
@@ -126,8 +126,7 @@ async def server_live() -> ServerLive:
 
 @router.get("/health/ready", response_model=ServerReady, responses=ERRORS)
 async def server_ready(request: Request) -> ServerReady:
-    if (reason := not_ready_reason(request)) is not None:
-        raise NotReady(reason)
+    require_ready(request)
     return ServerReady(ready=True)
 
 
@@ -138,8 +137,7 @@ def _metadata(runner: Runner, name: str, version: str | None) -> ModelMetadata:
 
 def _ready(request: Request, runner: Runner, name: str, version: str | None) -> ModelReady:
     _model(runner, name, version)
-    if (reason := not_ready_reason(request)) is not None:
-        raise NotReady(reason)
+    require_ready(request)
     return ModelReady(name=name, ready=True)
 
 

@@ -1,0 +1,59 @@
+"""GET /docs: Swagger UI served from the `swagger-ui-bundle-v2` package, so the docs render on an air-gapped host.
+
+FastAPI's default page loads Swagger UI and its favicon from a CDN (blank
+without internet). Here the same page points at assets served from the
+installed package (spec-first's bundle of the official swagger-ui dist): no
+copied blob in this repository, and upgrades come with `pip`. The online
+validator badge, which would call out to another host, is off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse
+from swagger_ui_bundle import swagger_ui_path
+
+DOCS_URL = "/docs"
+ASSETS_URL = "/docs/assets"
+OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+
+# Only the files the page loads (and their source maps, for the browser's developer tools).
+ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui-bundle.js.map": "application/json",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "swagger-ui.css.map": "application/json",
+    "favicon-32x32.png": "image/png",
+}
+BUNDLE = Path(str(swagger_ui_path))
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get(DOCS_URL)
+async def docs(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=request.app.openapi_url,
+        title=f"{request.app.title} - API docs",
+        oauth2_redirect_url=OAUTH2_REDIRECT_URL,
+        swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{ASSETS_URL}/favicon-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+
+
+@router.get(OAUTH2_REDIRECT_URL)
+async def oauth2_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+@router.get(ASSETS_URL + "/{name}")
+async def asset(name: str) -> FileResponse:
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail=f"no docs asset {name!r}")
+    return FileResponse(BUNDLE / name, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})

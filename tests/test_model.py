@@ -1,0 +1,84 @@
+"""The model's two BiLSTM routes (training/model.py): dense and packed give the same answers, both scripted."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from contract.vocab import pad_batch
+from training.model import SentimentLSTM
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def scripted() -> torch.jit.ScriptModule:
+    torch.manual_seed(0)
+    model = SentimentLSTM(vocab_size=50, embed_dim=12, hidden=10, dropout=0.3).eval()
+    with torch.no_grad():  # non-trivial weights, so a wrong direction or gather would show
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.5)
+    return torch.jit.script(model)
+
+
+def _ids(n: int, seed: int, longest: int = 40) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(2, 50) for _ in range(rng.randint(1, longest))] for _ in range(n)]
+
+
+def _route(module: torch.jit.ScriptModule, dense: bool) -> None:
+    module.dense_max_padding = float("inf") if dense else 0.0
+
+
+@pytest.fixture(autouse=True)
+def _restore(scripted: torch.jit.ScriptModule):
+    default = scripted.dense_max_padding
+    yield
+    scripted.dense_max_padding = default
+
+
+@torch.inference_mode()
+def test_dense_and_packed_routes_agree_on_mixed_lengths(scripted: torch.jit.ScriptModule) -> None:
+    x, lengths = pad_batch(_ids(24, seed=1))  # lengths 1..40: heavy padding, rows of length 1 included
+    _route(scripted, dense=True)
+    dense = scripted(x, lengths)
+    _route(scripted, dense=False)
+    packed = scripted(x, lengths)
+    assert float((dense - packed).abs().max()) < TOLERANCE
+    assert float((dense - packed).abs().max()) < float(dense.std())  # the outputs differ between rows: the check bites
+
+
+@torch.inference_mode()
+def test_dense_route_ignores_padding_and_batch_mates(scripted: torch.jit.ScriptModule) -> None:
+    _route(scripted, dense=True)
+    ids = _ids(8, seed=2)
+    x, lengths = pad_batch(ids)
+    padded = torch.cat([x, torch.zeros(x.size(0), 17, dtype=x.dtype)], 1)  # [B, T + 17]: extra padding after every row
+    alone = torch.cat([scripted(*pad_batch([row])) for row in ids])
+    assert float((scripted(x, lengths) - alone).abs().max()) < TOLERANCE
+    assert float((scripted(padded, lengths) - alone).abs().max()) < TOLERANCE
+
+
+def test_explain_agrees_between_routes(scripted: torch.jit.ScriptModule) -> None:
+    x, lengths = pad_batch(_ids(6, seed=3))
+    with torch.enable_grad():
+        _route(scripted, dense=True)
+        p_dense, a_dense = scripted.explain(x, lengths)  # [B], [B, T]
+        _route(scripted, dense=False)
+        p_packed, a_packed = scripted.explain(x, lengths)
+    assert float((p_dense - p_packed).abs().max()) < TOLERANCE
+    assert float((a_dense - a_packed).abs().max()) < TOLERANCE
+    assert float(a_dense.abs().max()) > 1e-3
+    padding = torch.arange(x.size(1))[None, :] >= lengths[:, None]
+    assert float(a_dense[padding].abs().max()) == 0.0
+
+
+def test_route_choice_follows_padding_and_training_always_packs() -> None:
+    model = SentimentLSTM(vocab_size=10, embed_dim=4, hidden=4, dropout=0.0, dense_max_padding=2.0).eval()
+    assert model.use_dense(torch.tensor([10, 10, 10]), 10)  # no padding
+    assert model.use_dense(torch.tensor([10, 5]), 10)  # 20 padded / 15 real
+    assert not model.use_dense(torch.tensor([10, 1, 1]), 10)  # 30 / 12
+    model.train()
+    assert not model.use_dense(torch.tensor([10, 10, 10]), 10)  # training reproduces the packed history
