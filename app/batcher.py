@@ -7,15 +7,19 @@ so the event loop never blocks on it and at most `workers` batches run at once.
 Scheduling is continuous batching without added delay: when a worker is idle
 a lone item runs at once; while all are busy, new items accumulate and the
 next free worker takes them. What is waiting is split evenly over the free
-workers: on a CPU, two batches of 16 on one core each beat one batch of 32 on
-two cores, because the model gains little from batch size (docs/benchmarks.md).
-When a worker's share would be below `min_batch_size`, it takes one item: a
-few mixed-length texts in one forward can cost more than the same texts alone.
+workers: on a CPU, two batches on one core each beat one batch on two cores,
+because the model gains little from intra-op threads (docs/benchmarks.md).
+When a worker's share would be below `min_batch_size`, it takes one item.
 A batch holds items of one key only (say, plain vs explained predictions), at
 most `max_batch_size` of them and at most `max_batch_cost` padded cost (items x
 the costliest item). It always contains the oldest waiting item, so nothing
-starves, plus the waiting items closest to it in cost, so little is wasted on
-padding.
+starves, plus the waiting items closest to it in cost (a window of the
+cost-sorted queue), grown only while padded cost stays within `max_padding` x
+the items' real cost: a dense forward pays for padding, so when more items
+wait than a batch of similar ones holds, the rest wait for the next worker
+rather than pad this batch. Items older than `max_age` seconds join the next
+batch ahead of that rule (oldest first), which bounds how long the cost
+grouping can hold back an item of a rare cost.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class BatchStats:
     size: int
     padded_cost: int  # size x costliest item
     waits: list[float]  # seconds each item spent queued
+    real_cost: int = 0  # sum of the items' costs: padded_cost / real_cost is the padding waste
 
 
 @dataclass(slots=True, eq=False)
@@ -82,11 +87,15 @@ class Batcher(Generic[T, R]):
         observe: Callable[[BatchStats], None] | None = None,
         workers: int = 1,
         min_batch_size: int = 1,
+        max_padding: float = math.inf,
+        max_age: float | None = None,
         thread_initializer: Callable[[], None] | None = None,
         thread_name: str = "batch-worker",
     ) -> None:
         if min(max_batch_size, max_batch_cost, max_queue, workers) < 1:
             raise ValueError("max_batch_size, max_batch_cost, max_queue and workers must be >= 1")
+        if max_padding < 1:
+            raise ValueError("max_padding must be >= 1 (padded cost is never below real cost)")
         self._process = process
         self._cost = cost
         self._key = key
@@ -96,6 +105,8 @@ class Batcher(Generic[T, R]):
         self.max_queue = max_queue
         self.workers = workers
         self.min_batch_size = min_batch_size  # fewer waiting per free worker than this: run them one by one
+        self.max_padding = max_padding  # grow a batch only while padded cost <= this x real cost
+        self.max_age = max_age  # seconds after which an item joins the next batch whatever its cost
         self._thread_initializer = thread_initializer
         self._thread_name = thread_name
         self._running: set[asyncio.Task[None]] = set()  # batches on a worker now
@@ -200,42 +211,87 @@ class Batcher(Generic[T, R]):
         if self._observe is None:
             return
         now = time.monotonic()
-        stats = BatchStats(batch[0].key, len(batch), len(batch) * max(i.cost for i in batch), [now - i.enqueued for i in batch])
+        padded = len(batch) * max(i.cost for i in batch)
+        stats = BatchStats(batch[0].key, len(batch), padded, [now - i.enqueued for i in batch], sum(i.cost for i in batch))
         try:
             self._observe(stats)
         except Exception:  # a metrics bug must never stop the worker
             logger.exception("batch observer failed")
 
     def _take(self, limit: int) -> list[_Item[T, R]]:
-        """Remove and return the next batch of at most `limit` items: the oldest plus its closest-cost neighbours of the same key."""
+        """Remove and return the next batch of at most `limit` items of the oldest item's key (see the module docstring)."""
         anchor = next(iter(self._waiting.values()))
-        same = [it for it in self._waiting.values() if it.key == anchor.key]
-        if len(same) <= limit and len(same) * max(it.cost for it in same) <= self.max_batch_cost:
+        same = [it for it in self._waiting.values() if it.key == anchor.key]  # oldest first
+        if len(same) <= limit and self._fits(same, len(same) * max(it.cost for it in same)):
             chosen = same
         elif limit == 1:
             chosen = [anchor]
         else:
-            same.sort(key=lambda it: (it.cost, it.seq))
-            lo = hi = same.index(anchor)
-            top = anchor.cost  # costliest item in same[lo : hi + 1]
-            while hi - lo + 1 < limit:
-                n = hi - lo + 1
-                # Padding each choice adds: a cheaper item pads up to `top`; a costlier one raises all n rows.
-                left_waste = top - same[lo - 1].cost if lo > 0 else None
-                right_waste = n * (same[hi + 1].cost - top) if hi + 1 < len(same) else None
-                right_better = right_waste is not None and (left_waste is None or right_waste < left_waste)
-                if right_better and (n + 1) * same[hi + 1].cost <= self.max_batch_cost:
-                    hi += 1
-                    top = same[hi].cost
-                    continue
-                if left_waste is not None and (n + 1) * top <= self.max_batch_cost:
-                    lo -= 1
-                    continue
-                break
-            chosen = same[lo : hi + 1]
+            chosen = self._grow(same, self._overdue(same, limit), limit)
         for item in chosen:
             del self._waiting[item.seq]
         return chosen
+
+    def _overdue(self, same: list[_Item[T, R]], limit: int) -> list[_Item[T, R]]:
+        """The oldest item plus, oldest first, those waiting longer than max_age, within the cost budget."""
+        chosen = [same[0]]
+        if self.max_age is None:
+            return chosen
+        cutoff = time.monotonic() - self.max_age
+        top = same[0].cost
+        for item in same[1:]:
+            if len(chosen) >= limit or item.enqueued > cutoff:
+                break
+            if (len(chosen) + 1) * max(top, item.cost) <= self.max_batch_cost:
+                chosen.append(item)
+                top = max(top, item.cost)
+        return chosen
+
+    def _fits(self, items: list[_Item[T, R]], padded: int) -> bool:
+        return padded <= self.max_batch_cost and padded <= self.max_padding * sum(it.cost for it in items)
+
+    def _grow(self, same: list[_Item[T, R]], seed: list[_Item[T, R]], limit: int) -> list[_Item[T, R]]:
+        """`seed` plus the waiting items closest in cost to it, while the batch stays within budget and max_padding."""
+        taken = {it.seq for it in seed}
+        rest = sorted((it for it in same if it.seq not in taken), key=lambda it: (it.cost, it.seq))
+        low, high = min(it.cost for it in seed), max(it.cost for it in seed)
+        lo = hi = next((i for i, it in enumerate(rest) if it.cost >= low), len(rest))  # rest[:lo] cheaper, rest[hi:] not yet taken
+        while hi < len(rest) and rest[hi].cost <= high:  # items inside the seed's cost range pad nothing extra
+            hi += 1
+        inside = rest[lo:hi]
+        n, real = len(seed), sum(it.cost for it in seed)
+        chosen = list(seed)
+        for item in inside:  # cheapest padding first: those closest to the top cost
+            if n >= limit or not self._fits_with(n + 1, high, real + item.cost):
+                continue
+            chosen.append(item)
+            n, real = n + 1, real + item.cost
+        lo_i, hi_i = lo - 1, hi
+        while n < limit:
+            # Padding each choice adds: a cheaper item pads up to `high`; a costlier one raises all n rows.
+            left = rest[lo_i] if lo_i >= 0 else None
+            right = rest[hi_i] if hi_i < len(rest) else None
+            left_waste = high - left.cost if left is not None else None
+            right_waste = n * (right.cost - high) if right is not None else None
+            if right is not None and (left_waste is None or right_waste < left_waste):  # type: ignore[operator]
+                if not self._fits_with(n + 1, right.cost, real + right.cost):
+                    break
+                chosen.append(right)
+                high, hi_i = right.cost, hi_i + 1
+                n, real = n + 1, real + right.cost
+            elif left is not None:
+                if not self._fits_with(n + 1, high, real + left.cost):
+                    break
+                chosen.append(left)
+                lo_i -= 1
+                n, real = n + 1, real + left.cost
+            else:
+                break
+        return chosen
+
+    def _fits_with(self, n: int, top: int, real: int) -> bool:
+        padded = n * top
+        return padded <= self.max_batch_cost and padded <= self.max_padding * real
 
     async def _run(self, batch: list[_Item[T, R]]) -> None:
         assert self._executor is not None

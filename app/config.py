@@ -33,7 +33,19 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="Batches are 1 text or at least this many: when fewer wait per free worker, they run one by one; "
-        "0 = auto: 16 on CPU (a few mixed-length texts in one packed BiLSTM pass cost more than alone), 1 on CUDA.",
+        "0 = auto: 1 (batches of similar lengths run the dense BiLSTM route, faster than their texts one by one).",
+    )
+    max_batch_padding: float = Field(
+        1.2,
+        ge=1.0,
+        description="A batch grows (the oldest text plus those closest to it in length) only while its padded tokens "
+        "stay within this many times its real tokens; the rest wait for the next free worker. Large = no cap.",
+    )
+    max_queue_age_ms: int = Field(
+        250,
+        ge=0,
+        description="Texts waiting longer than this join the next batch whatever their length, so length grouping "
+        "cannot hold back a text of a rare length (0 = off; the oldest text is always in the next batch).",
     )
     max_batch_tokens: int = Field(
         64 * 400, ge=1, description="Most padded tokens (texts x longest text) per forward pass: bounds memory and latency per batch."

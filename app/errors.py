@@ -103,6 +103,13 @@ def service_error_response(path: str, exc: ServiceError, metrics: Metrics | None
     return error_response(path, exc.status, exc.type, exc.message, exc.headers)
 
 
+def exception_response(scope: Mapping[str, Any], exc: Exception, metrics: Metrics | None) -> JSONResponse:
+    """The answer to a ServiceError or a batcher refusal met outside FastAPI's handlers (the /predict fast lane)."""
+    if not isinstance(exc, ServiceError):
+        exc = BATCHER_ERRORS[type(exc)](str(exc))
+    return service_error_response(scope["path"], exc, metrics)
+
+
 def documented(model: type, descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
     """A route's OpenAPI `responses`: each error status with its body model and what it means there."""
     return {status: {"model": model, "description": description} for status, description in descriptions.items()}

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+PADDING_BUCKETS = (1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0, 5.0)
 FRACTION_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -38,6 +39,22 @@ class Metrics:
         self.batch_size = Histogram("sentiment_batch_size", "Texts per forward pass.", ["kind"], buckets=SIZE_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
             "sentiment_batch_tokens", "Padded tokens (texts x longest) per forward pass.", ["kind"], buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.batch_real_tokens = Counter(
+            "sentiment_batch_real_tokens",
+            "Real (unpadded) tokens run through the model; padding waste = rate of padded / rate of real tokens.",
+            ["kind"],
+            registry=r,
+        )
+        self.batch_padded_tokens = Counter(
+            "sentiment_batch_padded_tokens", "Padded tokens (texts x longest) run through the model.", ["kind"], registry=r
+        )
+        self.batch_padding = Histogram(
+            "sentiment_batch_padding_ratio",
+            "Padded / real tokens per forward pass (1 = no padding).",
+            ["kind"],
+            buckets=PADDING_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge("sentiment_queue_depth", "Texts waiting for the model.", registry=r)
         self.queue_wait = Histogram(
@@ -69,10 +86,14 @@ class Metrics:
     def set_model(self, name: str, version: str, device: str) -> None:
         self.model_info.labels(name, version, device).set(1)
 
-    def observe_batch(self, kind: str, size: int, padded_tokens: int, waits: Iterable[float]) -> None:
-        """One forward pass of `kind` ("predict" / "explain") started: its size, padded tokens, and each text's queue wait."""
+    def observe_batch(self, kind: str, size: int, padded_tokens: int, waits: Iterable[float], real_tokens: int = 0) -> None:
+        """One forward pass of `kind` ("predict" / "explain") started: its size, padded and real tokens, each text's queue wait."""
         self.batch_size.labels(kind).observe(size)
         self.batch_tokens.labels(kind).observe(padded_tokens)
+        if real_tokens:  # padding waste = padded / real tokens
+            self.batch_real_tokens.labels(kind).inc(real_tokens)
+            self.batch_padded_tokens.labels(kind).inc(padded_tokens)
+            self.batch_padding.labels(kind).observe(padded_tokens / real_tokens)
         for wait in waits:
             self.queue_wait.observe(wait)
 

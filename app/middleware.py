@@ -11,16 +11,20 @@ clients give up, instead of computing answers nobody reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.datastructures import MutableHeaders
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import Overloaded, PayloadTooLarge, ShuttingDown, error_response, service_error_response
 from app.metrics import Metrics
+
+# A fast lane answers a request from its body, or returns None to hand it to the app (see app/routes/predict.py).
+FastLane = Callable[[Scope, bytes], Awaitable[Response | None]]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"; only ever in metrics
@@ -38,8 +42,17 @@ class RequestEnvelope:
     an overloaded service as alive.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        max_in_flight: int,
+        fast_lanes: Mapping[tuple[str, str], FastLane] | None = None,
+    ) -> None:
         self.app = app
+        self.fast_lanes = dict(fast_lanes or {})  # (method, path) -> handler that may answer from the body alone
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
@@ -88,8 +101,14 @@ class RequestEnvelope:
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
 
     async def _run_while_connected(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
-        """Run the app on `body`, cancelling it if the client disconnects first; False if it was cancelled."""
-        started = responded = False
+        """Answer `body`, cancelling the work if the client disconnects first; False if it was cancelled.
+
+        The work runs in this task; one watcher task cancels it when the
+        server reports the client gone before the answer is complete.
+        """
+        started = responded = gone = False
+        worker = asyncio.current_task()
+        assert worker is not None
 
         async def send_tracked(message: Message) -> None:
             nonlocal started, responded
@@ -97,13 +116,21 @@ class RequestEnvelope:
             await send(message)
             responded = responded or (message["type"] == "http.response.body" and not message.get("more_body", False))
 
-        handler = asyncio.ensure_future(self.app(scope, _replay(body, receive), send_tracked))
-        watcher = asyncio.ensure_future(_disconnected(receive))  # also returns once the response is complete
+        async def watch() -> None:
+            nonlocal gone
+            await _disconnected(receive)  # also returns once the response is complete
+            if not responded:
+                gone = True
+                worker.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server is cancelling us (its shutdown timeout passed): take the handler down too
-            handler.cancel()
-            if started:
+            await self._answer(scope, body, receive, send_tracked)
+        except asyncio.CancelledError:
+            if gone:  # the client left before its answer: stop working for it
+                worker.uncancel()
+                return False
+            if started:  # the server is cancelling us (its shutdown timeout passed) mid-answer: let it
                 raise
             # ...and still answer: an accepted request gets its result or a JSON 503 that says the connection closes.
             response = service_error_response(scope["path"], ShuttingDown("the server is shutting down; retry"), self.metrics)
@@ -112,13 +139,17 @@ class RequestEnvelope:
             return True
         finally:
             watcher.cancel()
-        if not handler.done() and not responded:  # the client left before its answer: stop working for it
-            handler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await handler
-            return False
-        await handler  # re-raises what the app raised
         return True
+
+    async def _answer(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        lane = self.fast_lanes.get((scope["method"], scope["path"]))
+        if lane is not None:
+            response = await lane(scope, body)
+            if response is not None:
+                scope["route"] = _FastRoute(scope["path"])  # the metrics label, as a routed request would have
+                await response(scope, receive, send)
+                return
+        await self.app(scope, _replay(body, receive), send)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send, content_length: bytes | None) -> bytes | None:
         """The whole body, or None once a 413/400 was sent (or the client left); never holds more than the limit."""
@@ -170,3 +201,12 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()  # then disconnects, as the server reports them
 
     return replay
+
+
+class _FastRoute:
+    """What a fast-laned request has for `scope["route"]`: its path template (here the path itself)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path

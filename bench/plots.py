@@ -1,4 +1,4 @@
-"""Throughput and p99 latency vs concurrency for service, naive and TorchServe, from bench/results/<name>.json.
+"""Throughput and p99 latency vs concurrency for service, naive, LitServe and TorchServe, from bench/results/<name>.json.
 
 python -m bench.plots [serve [OUTDIR]]     -> docs/bench_throughput.png, docs/bench_p99.png
 """
@@ -17,6 +17,7 @@ from bench import common
 
 DOCS = common.ROOT / "docs"
 STYLE = {"service": ("tab:blue", "o", "service (batching, max 64, 2 workers x 1 thread)"), "naive": ("tab:gray", "s", "naive (batch size 1)"),
+         "litserve": ("tab:green", "D", "LitServe 0.2.19 (batch 64, 5 ms timeout, 2 workers x 1 thread)"),
          "torchserve": ("tab:orange", "^", "TorchServe (batch 64, 5 ms delay, 2 workers x 1 thread)")}  # fmt: skip
 # Series from other runs of bench.serve, drawn dashed when their results exist (label says which run).
 EXTRA = [

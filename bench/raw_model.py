@@ -79,10 +79,12 @@ def parallel(fn, batches: list, streams: int, seconds: float) -> float:
 KERNELS = {"packed": 0.0, "dense": float("inf")}  # dense_max_padding forcing one route; "auto" = the file's own
 
 
-def kernel_table(module, ids: list[list[int]], batch_sizes: list[int], threads: list[int], seconds: float) -> list[dict]:
+def kernel_table(
+    module, ids: list[list[int]], batch_sizes: list[int], threads: list[int], seconds: float, device: str = "cpu"
+) -> list[dict]:
     """reviews/s of each route x batch order x batch size x torch threads, model only."""
     own = getattr(module, "dense_max_padding", None)
-    predictor = Predictor(module)  # pad + forward + .tolist(), as the service's workers run it
+    predictor = Predictor(module, device=device)  # pad + forward + .tolist(), as the service's workers run it
     routes = {**KERNELS, "auto": own} if own is not None else {"packed (file has one route)": None}
     by_length = sorted(ids, key=len)
     rows = []
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--texts", type=int, default=2000, help="sample of test reviews")
     parser.add_argument("--streams", type=int, default=len(os.sched_getaffinity(0)), help="parallel streams (1 = skip)")
     parser.add_argument("--stream-batch-sizes", default="8,16,32,64")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh)")
     parser.add_argument("--kernels", action="store_true", help="compare the model's BiLSTM routes instead (see above)")
     parser.add_argument("--kernel-batch-sizes", default="1,4,16,64")
     parser.add_argument("--kernel-threads", default="1,2")
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    art = artifact_io.load(args.model)
+    art = artifact_io.load(args.model, args.device)
     module, encoder = art.module, art.encoder
     texts = common.imdb_test_texts(args.texts)
     ids = [encoder.encode(t).ids for t in texts]
@@ -157,12 +160,14 @@ def main(argv: list[str] | None = None) -> dict:
             [int(x) for x in args.kernel_batch_sizes.split(",")],
             [int(x) for x in args.kernel_threads.split(",")],
             args.seconds,
+            args.device,
         )
         best = {
             route: max(c["reviews_per_s"] for r in rows if r["route"] == route for c in r["cells"]) for route in {r["route"] for r in rows}
         }
         print(f"best reviews/s per route: {best}")
         result = {"machine": common.machine(), "model": {"name": art.manifest.name, "version": art.manifest.version}, "texts": len(texts)}
+        result["device"] = args.device
         result |= {"mean_ids": statistics.mean(map(len, ids)), "kernels": rows, "best": best}
         print(f"wrote {common.save(args.out if args.out != 'raw_model' else 'raw_kernels', result)}")
         return result
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder.encode(t)
     encode_ms = 1000 * (time.perf_counter() - t0) / len(texts)
 
-    model_only = Predictor(module).forward  # pad_batch + forward under inference_mode + .tolist()
+    model_only = Predictor(module, device=args.device).forward  # pad_batch + forward under inference_mode + .tolist()
 
     def end_to_end(batch_texts: list[str]) -> list[float]:
         return model_only([encoder.encode(t).ids for t in batch_texts])

@@ -71,15 +71,67 @@ def raw_section(raw: dict) -> list[str]:
     return lines
 
 
+def kernels_section(k: dict) -> list[str]:
+    """The BiLSTM routes (bench.raw_model --kernels): reviews/s per route x order x threads x batch size."""
+    sizes = [c["batch_size"] for c in k["kernels"][0]["cells"]]
+    lines = [
+        "### 1a. Kernels: packed vs dense BiLSTM route (model only)",
+        "",
+        f"`python -m bench.raw_model --kernels` — {k['texts']} IMDb test reviews (mean {k['mean_ids']:.0f} ids), model "
+        f"{k['model']['name']} {k['model']['version']}: pad + forward + `.tolist()`. *mixed* = consecutive slices of the shuffled "
+        "sample (strangers' texts in arrival order); *sorted* = consecutive slices of the sample sorted by length (what the "
+        "batcher cuts when many texts wait). *packed* / *dense* force one route; *auto* is the file's own choice "
+        "(dense when padded ≤ 2 × real tokens). Reviews/s; padded/real tokens in brackets.",
+        "",
+        "| route | order | torch threads | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+        "|---|---|---:|" + "---:|" * len(sizes),
+    ]
+    for r in k["kernels"]:
+        cells = " | ".join(f"{f(c['reviews_per_s'])} ({c['padded_over_real']:.2f})" for c in r["cells"])
+        lines.append(f"| {r['route']} | {r['order']} | {r['threads']} | {cells} |")
+    best = k["best"]
+    if "dense" in best and "packed" in best:
+        lines += [
+            "",
+            f"Best of each route over every order, batch and thread count: packed {f(best['packed'])}, dense {f(best['dense'])}, "
+            f"auto {f(best.get('auto'))} reviews/s: **dense / packed = {best['dense'] / best['packed']:.2f}×**.",
+        ]
+    lines.append("")
+    return lines
+
+
+def request_cost_section(r: dict) -> list[str]:
+    return [
+        "### 2a. CPU per request",
+        "",
+        f"`python -m bench.request_cost --clients {r['clients']}` (service defaults{', ' + ' '.join(r['env']) if r['env'] else ''}): "
+        f"{f(r['throughput'])} req/s; per request the event loop (main thread) used **{r['loop_ms_per_request']:.3f} ms** of CPU and "
+        f"the worker threads {r['model_ms_per_request']:.3f} ms (cores: loop {r['loop_cores']:.2f}, workers {r['model_cores']:.2f}, "
+        f"wrk {r['client_cores']:.2f}).",
+        "",
+    ]
+
+
+ANCHOR_NAMES = {"litserve": "LitServe", "torchserve": "TorchServe"}
+
+
 def serve_section(serve: dict) -> list[str]:
     args = serve["args"]
+    anchors = [a for a in ANCHOR_NAMES if a in serve["targets"]]
     lines = [
-        "### 2. Service vs naive vs TorchServe (same run)",
+        "### 2. Service vs naive vs " + " vs ".join(ANCHOR_NAMES[a] for a in anchors) + " (same run)",
         "",
         f"`python -m bench.serve` — wrk closed loop, single-text requests, {args['seconds']:.0f} s per point after "
         f"{args['warmup']:.0f} s warm-up; service and naive with their default thread plan, TorchServe with "
-        f"{args.get('ts_workers', 1)} worker(s) × {args.get('ts_threads', serve['torch_threads'])} torch thread(s). "
-        "`batch` = mean texts per forward pass from the /metrics histogram deltas (TorchServe: the handler's counters); "
+        f"{args.get('ts_workers', 1)} worker(s) × {args.get('ts_threads', serve['torch_threads'])} torch thread(s)"
+        + (
+            f", LitServe 0.2.19 with {args.get('ls_workers', 2)} worker(s) × 1 torch thread, max_batch_size 64, "
+            f"batch_timeout {args.get('ls_timeout_ms', 5):g} ms"
+            if "litserve" in anchors
+            else ""
+        )
+        + ". "
+        "`batch` = mean texts per forward pass from the /metrics histogram deltas (LitServe, TorchServe: the handler's counters); "
         "`model busy` = forward time / wall time; CPU in cores from /proc (server = whole process tree, client = wrk).",
         "",
         "| target | clients | req/s | p50 ms | p95 ms | p99 ms | errors | batch | model busy | server CPU | client CPU |",
@@ -103,9 +155,12 @@ def serve_section(serve: dict) -> list[str]:
         ("service_over_raw_best_e2e", "service / raw best, one stream (tokenize+model)"),
         ("service_over_raw_best_model", "service / raw best (model only)"),
         ("service_over_naive", "service / naive (throughput)"),
-        ("service_over_torchserve", "service / TorchServe (throughput)"),
-        ("p99_service_over_torchserve", "service p99 / TorchServe p99"),
     ]
+    for anchor in anchors:
+        keys += [
+            (f"service_over_{anchor}", f"service / {ANCHOR_NAMES[anchor]} (throughput)"),
+            (f"p99_service_over_{anchor}", f"service p99 / {ANCHOR_NAMES[anchor]} p99"),
+        ]
     for key, label in keys:
         lines.append(f"| {label} | " + " | ".join(f(row.get(key), 2) for row in serve["ratios"]["per_clients"].values()) + " |")
     lines += ["", "![throughput](bench_throughput.png)", "", "![p99](bench_p99.png)", ""]
@@ -293,9 +348,15 @@ def main() -> None:
         parts += machine_section(machine)
     if raw:
         parts += raw_section(raw)
+    if kernels := common.load_result("raw_kernels"):
+        parts += kernels_section(kernels)
     if serve:
         parts += serve_section(serve)
+    if cost := common.load_result("request_cost"):
+        parts += request_cost_section(cost)
     variants = [
+        ("serve_minbatch16_dense", "... --targets service --clients 8,64 --env SENTIMENT_MIN_BATCH_SIZE=16 --out serve_minbatch16_dense"),
+        ("serve_nocap", "... --targets service --clients 64,256 --env SENTIMENT_MAX_BATCH_PADDING=100 --out serve_nocap (no padding cap)"),
         ("serve_run2", "python -m bench.serve --out serve_run2 (run 2: the same build as run 1, right after it)"),
         ("ab_deps_one", "... --targets service --clients 8,64,256 --seconds 10 --out ab_deps_one (one dependency per inference route)"),
         (

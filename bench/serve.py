@@ -1,6 +1,6 @@
-"""The real service under load vs the naive baseline (batching off) vs TorchServe, plus the raw ceiling, in one run.
+"""The real service under load vs the naive baseline (batching off) vs LitServe and TorchServe, plus the raw ceiling, in one run.
 
-    python -m bench.serve [--clients 1,8,64,256] [--seconds 12] [--threads 0] [--targets service,naive,torchserve]
+    python -m bench.serve [--clients 1,8,64,256] [--seconds 12] [--threads 0] [--targets service,naive,litserve,torchserve]
 
 1. Raw ceiling: bench.raw_model on the same texts with the same torch threads (a short pass, same process).
 2. For each target, start it fresh on 127.0.0.1 (cold start = spawn -> first ready answer), check it answers what the
@@ -8,7 +8,10 @@
    single-text request of a real IMDb test review in flight each) for --seconds per concurrency.
    - service: `sentiment-serve` with defaults (SENTIMENT_MAX_BATCH_SIZE=64);
    - naive:   the same with SENTIMENT_MAX_BATCH_SIZE=1 (one forward per text, no batching);
-   - torchserve: bench/torchserve (batchSize 64, maxBatchDelay 5 ms, 1 worker), if its venv exists.
+   - litserve: bench/litserve (LitServe 0.2.19: max_batch_size 64, batch_timeout 5 ms, 2 workers x 1 torch thread),
+     if its venv exists;
+   - torchserve: bench/torchserve (batchSize 64, maxBatchDelay 5 ms, 2 workers x 1 torch thread), if its venv exists.
+   All of them serve the same artifact through the same contract encoder.
 3. Per point: throughput, p50/p95/p99 latency (wrk), errors, mean batch size and model-thread busy fraction
    (/metrics deltas; TorchServe: the handler's own counters), CPU seconds of server and client from /proc.
 
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 from bench import common, raw_model
+from bench.litserve import ls
 from bench.torchserve import ts
 from contract import artifact as artifact_io
 from contract.vocab import pad_batch
@@ -53,8 +57,11 @@ def check_answers(url: str, texts: list[str], expected: list[float]) -> float:
     return worst
 
 
+ANCHORS = ("litserve", "torchserve")  # other servers: batch counters from their handler's stats files, not /metrics
+
+
 def counters(target: str, server: common.Server) -> dict[str, float]:
-    if target == "torchserve":
+    if target in ANCHORS:
         raw = ts.read_stats(Path(str(server.extra["stats"])))
         return {"ts_batches": raw["batches"], "ts_texts": raw["texts"]}
     return common.scrape(f"{server.base}/metrics")
@@ -62,7 +69,7 @@ def counters(target: str, server: common.Server) -> dict[str, float]:
 
 def drain(target: str, server: common.Server, timeout: float = 60.0) -> None:
     """Wait until the server has finished what a stopped wrk left behind, so it is not counted in the next point."""
-    if target == "torchserve":
+    if target in ANCHORS:
         last, deadline = None, time.monotonic() + timeout
         while time.monotonic() < deadline:  # the handler's counter stops moving
             now = counters(target, server)
@@ -80,7 +87,7 @@ def drain(target: str, server: common.Server, timeout: float = 60.0) -> None:
 
 
 def point_stats(target: str, before: dict[str, float], after: dict[str, float], duration: float) -> dict[str, object]:
-    if target == "torchserve":
+    if target in ANCHORS:
         batches = after["ts_batches"] - before["ts_batches"]
         texts = after["ts_texts"] - before["ts_texts"]
         return {"batches": batches, "mean_batch_size": texts / batches if batches else None}
@@ -99,6 +106,10 @@ def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_text
             torch_threads=args.ts_threads,
             workers=args.ts_workers,
         )
+        url = f"{server.base}{server.extra['path']}"
+        pid_cpu, pid_rss = common.tree_cpu_seconds, common.tree_rss_mb
+    elif target == "litserve":
+        server = ls.start(args.ls_venv, args.model, batch_size=64, batch_timeout_s=args.ls_timeout_ms / 1000, workers=args.ls_workers)
         url = f"{server.base}{server.extra['path']}"
         pid_cpu, pid_rss = common.tree_cpu_seconds, common.tree_rss_mb
     else:
@@ -151,12 +162,12 @@ def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_text
         drain(target, server)
         time.sleep(2)
         result["rss_idle_after_mb"] = pid_rss(server.pid)
-        if target != "torchserve":
+        if target not in ANCHORS:
             result["rss_peak_mb"] = common.rss_mb(server.pid)[1]
     finally:
         t_stop = time.perf_counter()
-        if target == "torchserve":
-            ts.stop(server)
+        if target in ANCHORS:
+            ts.stop(server)  # the launcher and every process it started, by pid
             result["exit_code"] = server.proc.returncode
         else:
             result["exit_code"] = server.stop()
@@ -188,9 +199,10 @@ def ratios(raw: dict, targets: dict[str, dict]) -> dict[str, object]:
         }
         if (n := at("naive", c, "throughput")) and s:
             row["service_over_naive"] = s / n
-        if (t := at("torchserve", c, "throughput")) and s:
-            row["service_over_torchserve"] = s / t
-            row["p99_service_over_torchserve"] = at("service", c, "p99_ms") / at("torchserve", c, "p99_ms")
+        for anchor in ANCHORS:
+            if (t := at(anchor, c, "throughput")) and s:
+                row[f"service_over_{anchor}"] = s / t
+                row[f"p99_service_over_{anchor}"] = at("service", c, "p99_ms") / at(anchor, c, "p99_ms")
         per_c[str(c)] = row
     out["per_clients"] = per_c
     if raw.get("batch1_ms") and (p50 := at("service", 1, "p50_ms")) is not None:
@@ -210,7 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per concurrency")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads everywhere (0 = the service's default: torch's)")
-    parser.add_argument("--targets", default="service,naive,torchserve")
+    parser.add_argument("--targets", default="service,naive,litserve,torchserve")
+    parser.add_argument("--ls-venv", type=Path, default=Path("/tmp/ls-venv"))
+    parser.add_argument("--ls-timeout-ms", type=float, default=5.0, help="LitServe batch_timeout")
+    parser.add_argument("--ls-workers", type=int, default=2, help="LitServe inference workers (1 torch thread each)")
     parser.add_argument("--ts-venv", type=Path, default=Path("/tmp/ts-venv"))
     parser.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe maxBatchDelay")
     parser.add_argument("--ts-workers", type=int, default=2, help="TorchServe worker processes (the service's auto plan on 2 cores: 2)")
@@ -237,6 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     for target in args.targets.split(","):
         if target == "torchserve" and not (args.ts_venv / "bin" / "torchserve").is_file():
             targets[target] = {"target": target, "error": f"no TorchServe at {args.ts_venv}; see bench/torchserve/ts.py"}
+            print(f"== {target}: skipped ({targets[target]['error']})")
+            continue
+        if target == "litserve" and not (args.ls_venv / "bin" / "python").is_file():
+            targets[target] = {"target": target, "error": f"no LitServe at {args.ls_venv}; see bench/litserve/ls.py"}
             print(f"== {target}: skipped ({targets[target]['error']})")
             continue
         print(f"== {target}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
@@ -91,7 +92,7 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
 
     monkeypatch.setattr(Runner, "forward", spy)
     texts = [POSITIVE, NEGATIVE, "great", "i hated the plot", "the best film", "boring " * 30, "it was a mess", "superb actors"]
-    async with serve(max_batch_size=64, model_workers=1, min_batch_size=1) as (client, app):
+    async with serve(max_batch_size=64, model_workers=1, min_batch_size=1, max_batch_padding=100) as (client, app):  # mixed lengths
         armed.set()
         first = asyncio.create_task(client.post("/predict", json={"text": texts[0]}))
         while not batches:
@@ -174,7 +175,8 @@ async def test_model_info(serve: ServeFactory, tiny_model_path: Path) -> None:
 
 
 async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: ServeFactory) -> None:
-    async with serve(model_workers=1, min_batch_size=1) as (client, _):  # one worker, batching from 2 texts: one batch
+    # One worker, batching from 2 texts, no padding cap: one batch.
+    async with serve(model_workers=1, min_batch_size=1, max_batch_padding=100) as (client, _):
         await client.post("/predict", json={"texts": ["great " * 40, "zzz film"]})
         await client.post("/predict", json={"text": "great", "explain": True})
         await client.post("/predict", json={"text": ""})
@@ -189,6 +191,9 @@ async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: 
         'sentiment_batch_size_count{kind="predict"} 1.0',
         'sentiment_batch_size_count{kind="explain"} 1.0',
         'sentiment_batch_tokens_sum{kind="predict"} 48.0',  # 2 texts x 24 tokens (the tiny model's max_length)
+        'sentiment_batch_padded_tokens_total{kind="predict"} 48.0',
+        'sentiment_batch_real_tokens_total{kind="predict"} 26.0',  # 24 + 2: padding waste 48 / 26
+        'sentiment_batch_padding_ratio_count{kind="predict"} 1.0',
         "sentiment_queue_depth 0.0",
         "sentiment_texts_total 3.0",
         "sentiment_texts_truncated_total 1.0",
@@ -234,3 +239,117 @@ async def test_cors_is_off_by_default_and_on_when_configured(serve: ServeFactory
     assert "access-control-allow-origin" not in off.headers
     assert on.headers["access-control-allow-origin"] == "https://example.org"
     assert preflight.status_code == 200 and "X-Request-ID" in on.headers.get("access-control-expose-headers", "")
+
+
+FAST_LANE_BODIES = [
+    {"text": POSITIVE},
+    {"text": NEGATIVE, "explain": False},
+    {"texts": [POSITIVE, "boring " * 40, "zzz"]},
+    {"text": "Loved it, wonderful!", "explain": True},
+]
+
+
+async def _answers(serve: ServeFactory, bodies: list[dict], headers: dict[str, str] | None = None) -> list[tuple[int, bytes]]:
+    async with serve() as (client, _):
+        return [((r := await client.post("/predict", json=b, headers=headers)).status_code, r.content) for b in bodies]
+
+
+@pytest.fixture
+def lane_answers(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Apps created after this record, per /predict request reaching the fast lane, whether it answered."""
+    from app.routes import predict as predict_route
+
+    answered: list[bool] = []
+    original = predict_route.fast_lane
+
+    async def spy(scope, body):  # type: ignore[no-untyped-def]
+        response = await original(scope, body)
+        answered.append(response is not None)
+        return response
+
+    monkeypatch.setattr(predict_route, "fast_lane", spy)
+    return answered
+
+
+async def test_fast_lane_answers_plain_requests_exactly_as_the_route_does(
+    serve: ServeFactory, monkeypatch: pytest.MonkeyPatch, lane_answers: list[bool]
+) -> None:
+    from app.routes import predict as predict_route
+
+    fast = await _answers(serve, FAST_LANE_BODIES, {"X-Request-Timeout-Ms": "5000"})
+    assert lane_answers == [True] * len(FAST_LANE_BODIES)
+
+    async def declined(scope, body):  # type: ignore[no-untyped-def]
+        return None
+
+    monkeypatch.setattr(predict_route, "fast_lane", declined)
+    slow = await _answers(serve, FAST_LANE_BODIES, {"X-Request-Timeout-Ms": "5000"})
+    assert [status for status, _ in fast] == [200] * len(FAST_LANE_BODIES)
+    assert fast == slow  # byte for byte: one renderer
+    assert json.loads(fast[3][1])["predictions"][0]["explanation"]["method"] == "gradient_x_input"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b'{"text": "   "}', {}, 422),  # blank: the route's validation message
+        (b'{"text": "good", "extra": 1}', {}, 422),
+        (b'{"text": "good"', {}, 400),  # malformed JSON
+        (b'{"text": "good"}', {"X-Request-Timeout-Ms": "-5"}, 422),
+        (b'{"text": "good"}', {"Content-Type": "text/plain"}, 422),
+    ],
+)
+async def test_fast_lane_declines_what_the_route_must_refuse(
+    serve: ServeFactory, lane_answers: list[bool], body: bytes, headers: dict[str, str], status: int
+) -> None:
+    async with serve() as (client, _):
+        response = await client.post("/predict", content=body, headers={"Content-Type": "application/json", **headers})
+    assert response.status_code == status and "error" in response.json()
+    assert lane_answers in ([], [False])
+
+
+async def test_fast_lane_maps_a_full_queue_to_503_with_retry_after(serve: ServeFactory) -> None:
+    async with serve(max_queue=1, max_items_per_request=1) as (client, app):
+        runner = app.state.service.runner
+        runner.batcher._closing = True  # not accepting: the runner refuses at once, as when draining
+        response = await client.post("/predict", json={"text": POSITIVE})
+        runner.batcher._closing = False
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["type"] == "shutting_down"
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "sentiment.pt"
+IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb.tar.gz"
+
+
+@pytest.mark.skipif(not IMDB.exists(), reason=f"IMDb tarball not at {IMDB}")
+async def test_imdb_test_reviews_through_the_request_path_keep_the_contract_tokens_ids_and_probabilities(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """A bounded sample of IMDb test reviews (HTML, unicode, long texts): what /predict answers is what the contract computes."""
+    import httpx
+
+    from app.main import create_app
+    from contract import artifact as artifact_io
+    from contract.predictor import Predictor
+    from contract.text import tokenize, tokenize_with_spans
+    from training import data
+
+    reviews = data.load(IMDB, limit=100).test  # 200 reviews, both classes
+    texts = [r.text for r in reviews]
+    shipped = artifact_io.load(SHIPPED)
+    expected = Predictor.from_artifact(shipped).predict(texts)
+    app = create_app(make_settings(model_path=SHIPPED, model_workers=2), artifact=shipped)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            plain = await asyncio.gather(*(client.post("/predict", json={"text": t}) for t in texts))
+            explained = [await client.post("/predict", json={"text": t, "explain": True}) for t in texts[:40]]
+    for text, response, p in zip(texts, plain, expected, strict=True):
+        out = response.json()["predictions"][0]
+        assert out["n_tokens"] == len(tokenize(text))
+        assert out["p_positive"] == pytest.approx(p, abs=1e-5)
+    for text, response in zip(texts[:40], explained, strict=True):
+        encoded, kept = shipped.encoder.encode_with_spans(text)
+        tokens = response.json()["predictions"][0]["explanation"]["tokens"]
+        assert [(t["token"], t["start"], t["end"]) for t in tokens] == [(k.text, k.start, k.end) for k in kept]
+        assert [shipped.vocab.id(t["token"]) for t in tokens] == encoded.ids
+        assert [k.text for k in tokenize_with_spans(text)] == tokenize(text)

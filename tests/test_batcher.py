@@ -285,7 +285,7 @@ async def test_observer_sees_batch_size_padded_cost_and_waits() -> None:
     await asyncio.gather(blocker, task)
     await batcher.close()
     last = seen[-1]
-    assert (last.size, last.padded_cost) == (2, 6)
+    assert (last.size, last.padded_cost, last.real_cost) == (2, 6, 4)
     assert len(last.waits) == 2 and min(last.waits) >= 0.02
 
 
@@ -298,3 +298,54 @@ async def test_results_must_match_the_batch() -> None:
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         await batcher.submit(["x"])
     await batcher.close()
+
+
+async def _batches_after_hold(batcher: Batcher[str, str], worker: Worker, texts: list[str], pause_after: int = -1) -> list[list[str]]:
+    """Hold the worker, queue `texts` one request each (pausing 50 ms after index `pause_after`), release; -> batches run."""
+    blocker = await hold_worker(batcher, worker)
+    tasks = []
+    for i, text in enumerate(texts):
+        tasks.append(asyncio.create_task(batcher.submit([text])))
+        await until(lambda n=i + 1: batcher.depth == n)
+        if i == pause_after:
+            await asyncio.sleep(0.05)
+    worker.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    return worker.batches[1:]
+
+
+async def test_padding_cap_cuts_batches_of_similar_cost_instead_of_one_mixed_batch() -> None:
+    texts = ["a" * 10, "b" * 2, "c" * 9, "d" * 2, "e" * 10]
+    uncapped = make(Worker(), max_batch_size=64)
+    uncapped.start()
+    assert len(await _batches_after_hold(uncapped, uncapped._process, texts)) == 1  # type: ignore[arg-type]
+    await uncapped.close()
+    worker = Worker()
+    capped = make(worker, max_batch_size=64, max_padding=1.2)
+    capped.start()
+    batches = await _batches_after_hold(capped, worker, texts)
+    assert [sorted(b) for b in batches] == [sorted(["a" * 10, "c" * 9, "e" * 10]), ["bb", "dd"]]  # the oldest's group first
+    for batch in batches:
+        assert len(batch) * max(map(len, batch)) <= 1.2 * sum(map(len, batch))
+    await capped.close()
+
+
+async def test_items_older_than_max_age_join_the_next_batch_despite_the_padding_cap() -> None:
+    texts = ["a" * 10, "b" * 2, "c" * 10]  # "bb" waits 50 ms before "c..." arrives
+    young = make(Worker(), max_batch_size=64, max_padding=1.2, max_age=1.0)
+    young.start()
+    assert [sorted(b) for b in await _batches_after_hold(young, young._process, texts, pause_after=1)] == [  # type: ignore[arg-type]
+        ["a" * 10, "c" * 10],
+        ["bb"],
+    ]
+    await young.close()
+    worker = Worker()
+    old = make(worker, max_batch_size=64, max_padding=1.2, max_age=0.02)
+    old.start()
+    assert [sorted(b) for b in await _batches_after_hold(old, worker, texts, pause_after=1)] == [["a" * 10, "bb"], ["c" * 10]]
+    await old.close()
+
+
+def test_max_padding_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_padding"):
+        make(Worker(), max_padding=0.9)

@@ -199,7 +199,13 @@ def test_two_workers_give_the_same_results_as_one(tiny_artifact: Artifact) -> No
     assert asyncio.run(run(2)) == pytest.approx(asyncio.run(run(1)), abs=1e-5)
 
 
-@pytest.mark.parametrize(("configured", "expected"), [(0, runner_module.CPU_MIN_BATCH_SIZE), (3, 3)])
+@pytest.mark.parametrize(("configured", "expected"), [(0, runner_module.AUTO_MIN_BATCH_SIZE), (3, 3)])
 def test_min_batch_size_is_auto_on_cpu_unless_set(tiny_model_path: Path, configured: int, expected: int) -> None:
     runner = Runner.from_settings(Settings(model_path=tiny_model_path, device="cpu", min_batch_size=configured))
     assert runner.batcher.min_batch_size == expected
+
+
+def test_padding_cap_and_age_limit_come_from_the_settings(tiny_model_path: Path) -> None:
+    runner = Runner.from_settings(Settings(model_path=tiny_model_path, device="cpu", max_batch_padding=1.5, max_queue_age_ms=40))
+    assert (runner.batcher.max_padding, runner.batcher.max_age) == (1.5, 0.04)
+    assert Runner.from_settings(Settings(model_path=tiny_model_path, device="cpu", max_queue_age_ms=0)).batcher.max_age is None

@@ -121,8 +121,11 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(tiny_model_path: Pat
         print(f"ready after {ready_after:.2f} s, idle RSS {rss / 2**20:.0f} MiB")
         assert rss < 400 * 2**20
 
-        n_requests, n_texts = 4, 150
-        texts = [f"{'great ' * (i % 4 + 1)}film {'awful ' * (i % 3)}" for i in range(n_texts)]
+        # Enough work per request (long texts to encode, 250 forwards) to be surely in flight at SIGTERM:
+        # with the dense route and the fast lane, 150 short texts could all finish before the signal.
+        n_requests, n_texts = 4, 250
+        filler = " the plot" * 100  # dropped by head+tail truncation, but tokenized: ~1 kB per text
+        texts = [f"{'great ' * (i % 4 + 1)}film{filler} {'awful ' * (i % 3)}" for i in range(n_texts)]
 
         def post(_: int) -> tuple[int, int, float]:
             response = httpx.post(f"{base}/predict", json={"texts": texts}, timeout=60)

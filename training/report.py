@@ -116,7 +116,8 @@ def robustness_section(manifest: Manifest) -> str:
         ("short texts from validation reviews", robust["short_text"]),
     ]
     table = "\n".join(
-        f"| {name} | {m['n']:,} | {m['accuracy']:.2%} | {m['ece_15']:.2%} |" if m["n"] else f"| {name} | 0 | n/a | n/a |" for name, m in rows
+        f"| {name} | {m['n']:,} | {m['accuracy']:.2%} | {m['ece_15']:.2%} |" if m["n"] else f"| {name} | 0 | n/a | n/a |"
+        for name, m in rows
     )
     pairs = robust["cad_dev_pairs"]
     holdout = manifest.holdout

@@ -182,18 +182,22 @@ def stop(server: common.Server) -> None:
         _signal_if_same(pid, started, signal.SIGKILL)
 
 
+def smoke(server: common.Server) -> None:
+    """One request to a started anchor (TorchServe or LitServe), its batch counters, then stop it."""
+    try:
+        print(f"ready in {server.ready_s:.1f} s; RSS (all its processes) {common.tree_rss_mb(server.pid):.0f} MiB")
+        print(common.post_json(f"{server.base}{server.extra['path']}", {"text": "Dull, boring and awful."}))
+        print(read_stats(Path(str(server.extra["stats"]))))
+    finally:
+        stop(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ts-venv", type=Path, default=Path("/tmp/ts-venv"))
     parser.add_argument("--model", type=Path, default=common.MODEL)
     args = parser.parse_args()
-    server = start(args.ts_venv, args.model)
-    try:
-        print(f"ready in {server.ready_s:.1f} s; RSS (JVM + worker) {common.tree_rss_mb(server.pid):.0f} MiB")
-        print(common.post_json(f"{server.base}/predictions/{MODEL_NAME}", {"text": "Dull, boring and awful."}))
-        print(read_stats(WORK / "batch_stats.json"))
-    finally:
-        stop(server)
+    smoke(start(args.ts_venv, args.model))
 
 
 if __name__ == "__main__":
