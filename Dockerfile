@@ -31,6 +31,7 @@ COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY training ./training
 COPY app ./app
+COPY scoring ./scoring
 # torch==2.13.0 is already satisfied (a local version such as +cpu matches the pin), so pip keeps it.
 RUN pip install ".${EXTRAS:+[${EXTRAS}]}"
 

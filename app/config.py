@@ -12,19 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-MODEL_FILE = Path("models") / "sentiment.pt"
-
-
-def default_model_path() -> Path:
-    """`models/sentiment.pt` in the current directory if there, else next to the `app` package (the repo root).
-
-    The second case finds the shipped model whether the package is installed
-    editable or run from a checkout, without depending on where it is started.
-    """
-    local = Path.cwd() / MODEL_FILE
-    if local.is_file():
-        return local
-    return Path(__file__).resolve().parents[1] / MODEL_FILE
+from contract.artifact import MODEL_FILE as MODEL_FILE  # re-exported for tests
+from contract.artifact import default_model_path
 
 
 class Settings(BaseSettings):

@@ -22,6 +22,19 @@ from contract.vocab import Vocab
 
 MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "vocab.txt"
+MODEL_FILE = Path("models") / "sentiment.pt"
+
+
+def default_model_path() -> Path:
+    """`models/sentiment.pt` in the current directory if there, else in the checkout beside this package.
+
+    The second case finds the shipped model whether the package is installed
+    editable or run from a checkout, without depending on where it is started.
+    """
+    local = Path.cwd() / MODEL_FILE
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parents[1] / MODEL_FILE
 
 
 class ArtifactError(Exception):

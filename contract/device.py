@@ -53,5 +53,5 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("device 'cuda' requested but CUDA is not available (set SENTIMENT_DEVICE=cpu or auto)")
+        raise DeviceUnavailable("device 'cuda' requested but CUDA is not available (use device cpu or auto: SENTIMENT_DEVICE, --device)")
     return torch.device(name)

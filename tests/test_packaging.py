@@ -236,6 +236,18 @@ def test_dockerfile_copy_sources_exist_and_are_in_the_build_context(stages: list
             assert not dockerignored(source), f"{source} is COPYed but .dockerignore leaves it out of the build context"
 
 
+def test_dockerfile_copies_every_top_level_package_before_installing(stages: list[list[Instruction]]) -> None:
+    """`pip install .` fails in the image when a package listed in pyproject.toml was not COPYed in."""
+    copied = {
+        shlex.split(i.args)[0].rstrip("/")
+        for stage in stages
+        for i in stage
+        if i.keyword == "COPY" and "--from=" not in i.args and len(shlex.split(i.args)) == 2
+    }
+    top_level = {p.split(".")[0] for p in PYPROJECT["tool"]["setuptools"]["packages"]}
+    assert top_level <= copied, f"packages not copied into the build: {sorted(top_level - copied)}"
+
+
 def test_dockerfile_installs_cpu_torch_at_the_pyproject_pin_and_the_package_non_editable(stages: list[list[Instruction]]) -> None:
     args = args_of(stages)
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
@@ -309,7 +321,7 @@ def test_setuptools_lists_every_package_and_the_static_files() -> None:
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     found = {
         ".".join(init.parent.relative_to(ROOT).parts)
-        for top in ("app", "contract", "training")
+        for top in ("app", "contract", "scoring", "training")
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert found <= listed, f"packages missing from [tool.setuptools] packages: {sorted(found - listed)}"
