@@ -204,6 +204,14 @@ def git_commit() -> str:
         return ""
 
 
+def flag(name: str, value: object) -> str:
+    """One config field as the command-line flag that reproduces it (booleans are --x / --no-x, as argparse takes them)."""
+    option = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{option}" if value else f"--no-{option}"
+    return f"--{option} {value}"
+
+
 def _card(path: Path, manifest: Manifest, history: dict[str, Any], checks: dict[str, float], speed: dict[str, float]) -> None:
     folder = path.parent
     test: dict[str, Any] = manifest.metrics["test"]
@@ -223,7 +231,7 @@ def _card(path: Path, manifest: Manifest, history: dict[str, Any], checks: dict[
     cfg = manifest.training["config"]
     val = manifest.metrics["validation"]
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if k != "out" and str(v) != str(defaults[k]))
+    flags = " ".join(flag(k, v) for k, v in cfg.items() if k != "out" and str(v) != str(defaults[k]))
     reexported = manifest.training.get("reexported")
     provenance = (
         f"\nRe-exported as {manifest.version} from {reexported['from_version']} (file sha256 `{reexported['from_file_sha256'][:12]}…`) "
