@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tarfile
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from contract import artifact
 from contract.vocab import pad_batch
 from training import data
-from training.__main__ import main
+from training.__main__ import main, parse
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.loop import PairIds, bucketed, crop_to_shortest, pair_batches, pair_loss
 
@@ -49,6 +50,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "3000",
         "--batch-size",
         "32",
+        "--lm",
+        "--lm-tokens",
+        "4000",
+        "--lm-bptt",
+        "20",
+        "--lm-batch",
+        "8",
+        "--lm-cache",
+        str(out.parent / "lm.pt"),
+        "--lr-decay",
+        "2.6",
     ]
     assert main(argv) == 0
     return out
@@ -65,6 +77,7 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert set(m.metrics["test"]) >= {"accuracy", "f1", "roc_auc", "ece_15", "brier"}
     assert m.metrics["test"]["n"] == 300  # 150 per class
     assert m.training["cad_train_pairs"] == 150  # --limit caps the CAD pairs too
+    assert m.training["lm_pretraining"]["steps"] == 25 and not m.training["lm_pretraining"]["from_cache"]  # 4000 / (8 x 20)
     assert m.holdout["reviews_dropped"] == 753 and m.holdout["listed"] == 753 and len(m.holdout["sha256"]) == 64
     robust = m.metrics["robustness"]
     assert robust["cad_dev_original"]["n"] == robust["cad_dev_revised"]["n"] == robust["cad_dev_pairs"]["n"] == 245
@@ -75,6 +88,9 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
     card = (trained.parent / "MODEL_CARD.md").read_text()
     assert "python -m training" in card and "accuracy" in card
+    command = next(line.strip() for line in card.splitlines() if line.strip().startswith("python -m training --"))
+    rebuilt = parse(command.split()[3:] + ["--out", str(trained)])  # the card's command is a valid one, for the same run
+    assert dataclasses.asdict(rebuilt) == {k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache") and v else v) for k, v in m.training["config"].items()}
     assert "CAD dev revisions" in card and "left out of every training step: 753" in card
     summary = json.loads((trained.parent / "metrics.json").read_text())
     assert summary["export_checks"]["parity_max_abs_diff"] <= 1e-5

@@ -38,6 +38,15 @@ class TrainConfig:
     word2vec: bool = True  # pre-train embeddings on train + 50k unlabelled reviews (never on test)
     w2v_epochs: int = 5  # gensim default; more barely moves downstream accuracy
     w2v_skipgram: bool = False  # CBOW: ~3x faster than skip-gram here, and pre-training is only an initialisation
+    lm: bool = False  # pre-train forward + backward LSTM LMs and start the classifier from them (ULMFiT); measured not to pay at this budget
+    lm_tokens: int = 8_000_000  # tokens per direction (~0.4 pass over train + unsup): ~20 min on 1 core
+    lm_bptt: int = 70  # window length; AWD-LSTM / ULMFiT use 70
+    lm_batch: int = 64  # windows per step
+    lm_lr: float = 2e-3  # Adam peak, one-cycle
+    lm_dropout: float = 0.1  # light: the LM is under-fitted at this budget, not over-fitted
+    lm_cache: Path | None = None  # cache of the LM weights; reused when data, vocab and LM settings match, else replaced
+    lr_decay: float = 1.0  # discriminative learning rates: LSTM gets lr / decay, embedding lr / decay^2 (ULMFiT: 2.6)
+    unfreeze: bool = False  # gradual unfreezing: epoch 1 trains the head only, epoch 2 adds the LSTM, then all
     batch_size: int = 64  # length-bucketed, so padding waste stays < 5%
     lr: float = 2e-3  # Adam peak, one-cycle schedule
     weight_decay: float = 0.0  # dropout regularises enough; decay on embeddings hurts rare words

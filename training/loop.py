@@ -113,6 +113,11 @@ def pair_loss(model: SentimentLSTM, batch: Sequence[PairIds], pair_weight: float
     return loss
 
 
+def layer_groups(model: SentimentLSTM) -> list[list[torch.nn.Parameter]]:
+    """Parameters from the input up: embedding, LSTM, head (for discriminative rates and gradual unfreezing)."""
+    return [list(model.embedding.parameters()), list(model.lstm.parameters()), list(model.head.parameters())]
+
+
 def fit(
     model: SentimentLSTM,
     train_ids: Sequence[list[int]],
@@ -132,14 +137,20 @@ def fit(
     lengths = [len(x) for x in train_ids]
     per_epoch_pairs = len(pair_batches(pairs, config.cad_passes, config.pair_batch, random.Random(0))) if pairs else 0
     steps = (math.ceil(len(train_ids) / config.batch_size) + per_epoch_pairs) * config.epochs
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = layer_groups(model)
+    peaks = [config.lr / config.lr_decay ** (len(groups) - 1 - i) for i in range(len(groups))]  # head gets lr, each layer below / decay
+    optimizer = torch.optim.Adam([{"params": g, "lr": lr} for g, lr in zip(groups, peaks, strict=True)], weight_decay=config.weight_decay)
     warmup = max(0.1, 2.5 / steps)  # 10% warm-up; tiny smoke runs need >= 2 warm-up steps or OneCycleLR divides by 0
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(steps, 3), pct_start=min(warmup, 0.5))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(steps, 3), pct_start=min(warmup, 0.5))
     y_val = torch.tensor(val_labels, dtype=torch.float32)
     history, best_loss, best_state, stale = History(), math.inf, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, config.epochs + 1):
         start, total, seen = time.perf_counter(), 0.0, 0
         model.train()
+        if config.unfreeze:
+            for depth, group in enumerate(reversed(groups)):  # epoch 1: head; epoch 2: + LSTM; epoch 3 on: everything
+                for param in group:
+                    param.requires_grad_(depth < epoch)
         plan = [("imdb", b) for b in bucketed(lengths, config.batch_size, rng)]
         if pairs:
             plan += [("cad", b) for b in pair_batches(pairs, config.cad_passes, config.pair_batch, rng)]
@@ -182,4 +193,5 @@ def fit(
                 log.info("early stop: no validation improvement for %d epochs", stale)
                 break
     model.load_state_dict(best_state)
+    model.requires_grad_(True)
     return history

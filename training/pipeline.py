@@ -18,7 +18,7 @@ from contract.encoder import TextEncoder
 from contract.manifest import Manifest
 from contract.text import NORMALIZER_VERSION, tokenize
 from contract.vocab import Vocab
-from training import cad, data, report, short_texts
+from training import cad, data, lm, report, short_texts
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.embeddings import word2vec_matrix
@@ -110,6 +110,13 @@ def train(config: TrainConfig) -> Path:
             )
         )
         log.info("word2vec pre-training took %.0fs", time.perf_counter() - t0)
+    lm_figures: dict[str, float] = {}
+    if config.lm:
+        key = lm.cache_key(config, vocab, dataset.sha256, holdout.sha256, config.word2vec)
+        embedding = model.embedding.weight.data if config.word2vec else None
+        bilm, lm_figures = lm.pretrained(train_tokens + unsup_tokens, vocab, embedding, config, key, device)
+        lm.initialise(model, bilm)
+        del bilm
     del unsup_tokens
     model.to(device)
     fit_start = time.perf_counter()
@@ -175,6 +182,7 @@ def train(config: TrainConfig) -> Path:
             "best_epoch": history.best_epoch,
             "parameters": sum(p.numel() for p in model.parameters()),
             "cad_train_pairs": len(pairs),
+            "lm_pretraining": lm_figures,
         },
         holdout=holdout.manifest_entry(dataset.excluded) if config.holdout else {},
     )
