@@ -17,7 +17,7 @@ from training.loop import fit, layer_groups
 from training.model import SentimentLSTM
 
 CPU = torch.device("cpu")
-WORDS = "the film was good bad great awful plot acting and but not very boring fun".split()
+WORDS = ["the", "film", "was", "good", "bad", "great", "awful", "plot", "acting", "and", "but", "not", "very", "boring", "fun"]
 
 
 def corpus(n: int = 60, seed: int = 0) -> list[list[str]]:

@@ -89,7 +89,7 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     card = (trained.parent / "MODEL_CARD.md").read_text()
     assert "python -m training" in card and "accuracy" in card
     command = next(line.strip() for line in card.splitlines() if line.strip().startswith("python -m training --"))
-    rebuilt = parse(command.split()[3:] + ["--out", str(trained)])  # the card's command is a valid one, for the same run
+    rebuilt = parse([*command.split()[3:], "--out", str(trained)])  # the card's command is a valid one, for the same run
     assert dataclasses.asdict(rebuilt) == {k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache") and v else v) for k, v in m.training["config"].items()}
     assert "CAD dev revisions" in card and "left out of every training step: 753" in card
     summary = json.loads((trained.parent / "metrics.json").read_text())

@@ -26,7 +26,6 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -111,7 +110,7 @@ def pretrain(lm: BiLM, ids: torch.Tensor, config: TrainConfig, device: torch.dev
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 0.25)  # AWD-LSTM's clip: LM gradients spike on rare words
         optimizer.step()
         schedule.step()
-        recent = (recent + [loss.item()])[-100:]
+        recent = ([*recent, loss.item()])[-100:]
         bar.set_postfix(ppl=f"{math.exp(sum(recent) / len(recent)):.0f}")
     seconds = time.perf_counter() - started
     figures = {
