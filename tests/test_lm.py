@@ -26,7 +26,9 @@ def corpus(n: int = 60, seed: int = 0) -> list[list[str]]:
 
 
 def config(tmp_path: Path, **changes: object) -> TrainConfig:
-    base = TrainConfig(embed_dim=8, hidden=8, lm_tokens=6_000, lm_bptt=10, lm_batch=8, lm_lr=1e-2, lm_dropout=0.0, lm_cache=tmp_path / "lm.pt")
+    base = TrainConfig(
+        embed_dim=8, hidden=8, lm_tokens=6_000, lm_bptt=10, lm_batch=8, lm_lr=1e-2, lm_dropout=0.0, lm_cache=tmp_path / "lm.pt"
+    )
     return dataclasses.replace(base, **changes)
 
 

@@ -91,6 +91,7 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     command = next(line.strip() for line in card.splitlines() if line.strip().startswith("python -m training --"))
     rebuilt = parse([*command.split()[3:], "--out", str(trained)])  # the card's command is a valid one, for the same run
     assert dataclasses.asdict(rebuilt) == {k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache") and v else v) for k, v in m.training["config"].items()}
+    assert "| LM pre-training (forward + backward) | 0.0 M tokens per direction" in card
     assert "CAD dev revisions" in card and "left out of every training step: 753" in card
     summary = json.loads((trained.parent / "metrics.json").read_text())
     assert summary["export_checks"]["parity_max_abs_diff"] <= 1e-5

@@ -94,7 +94,9 @@ def pretrain(lm: BiLM, ids: torch.Tensor, config: TrainConfig, device: torch.dev
     starts = list(range(0, len(ids) - window, config.lm_bptt))
     steps = max(3, math.ceil(config.lm_tokens / (config.lm_batch * config.lm_bptt)))
     optimizer = torch.optim.Adam(lm.parameters(), lr=config.lm_lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lm_lr, total_steps=steps, pct_start=min(0.5, max(0.1, 2.5 / steps)))  # >= 2 warm-up steps
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lm_lr, total_steps=steps, pct_start=min(0.5, max(0.1, 2.5 / steps))
+    )  # >= 2 warm-up steps
     lm.to(device).train()
     started, order, recent = time.perf_counter(), [], []
     bar = tqdm(range(steps), desc="LM pre-training", unit="step", leave=False)

@@ -204,6 +204,17 @@ def git_commit() -> str:
         return ""
 
 
+def lm_row(figures: dict[str, float]) -> str:
+    """The card's LM pre-training cell: none, or its budget, perplexity and time (or that the cache served it)."""
+    if not figures:
+        return "none (embedding from word2vec)"
+    cached = ", weights from the LM cache" if figures.get("from_cache") else ""
+    return (
+        f"{figures['tokens_per_direction'] / 1e6:.1f} M tokens per direction ({figures['passes']:.2f} passes over the stream), "
+        f"train perplexity {figures['train_perplexity']:.0f}, {figures['seconds'] / 60:.1f} min{cached}"
+    )
+
+
 def flag(name: str, value: object) -> str:
     """One config field as the command-line flag that reproduces it (booleans are --x / --no-x, as argparse takes them)."""
     option = name.replace("_", "-")
@@ -263,6 +274,7 @@ and folded into the file. Output: calibrated P(positive).
 | file size | {path.stat().st_size / 1e6:.1f} MB |
 | CPU throughput, batch 1 / batch 64 | {speed["batch_1_reviews_per_s"]:.0f} / {speed["batch_64_reviews_per_s"]:.0f} reviews/s |
 | training time (whole run / fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]} |
+| LM pre-training (forward + backward) | {lm_row(manifest.training.get("lm_pretraining") or {})} |
 
 Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
 
