@@ -90,7 +90,9 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert "python -m training" in card and "accuracy" in card
     command = next(line.strip() for line in card.splitlines() if line.strip().startswith("python -m training --"))
     rebuilt = parse([*command.split()[3:], "--out", str(trained)])  # the card's command is a valid one, for the same run
-    assert dataclasses.asdict(rebuilt) == {k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache") and v else v) for k, v in m.training["config"].items()}
+    assert dataclasses.asdict(rebuilt) == {
+        k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache") and v else v) for k, v in m.training["config"].items()
+    }
     assert "| LM pre-training (forward + backward) | 0.0 M tokens per direction" in card
     assert "CAD dev revisions" in card and "left out of every training step: 753" in card
     summary = json.loads((trained.parent / "metrics.json").read_text())
@@ -122,6 +124,14 @@ def test_corrupt_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.Captur
     assert main(["--data", str(bad), "--out", str(tmp_path / "m.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a readable aclImdb tarball" in err and "\n" not in err
+
+
+@needs_data
+def test_missing_cad_is_one_line_error_naming_the_way_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--data", str(DATA), "--cad-dir", str(tmp_path / "no-cad"), "--limit", "20", "--out", str(tmp_path / "m.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: CAD file not found") and "--no-cad" in err and "acmi-lab" in err and "\n" not in err
 
 
 def test_tarball_without_reviews_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,12 +10,17 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.data import DataError
+
 SEARCH = (Path("data/cad"),)  # contributors on the project's machines pass --cad-dir ../shared/data/cad (docs/contributing.md)
 _LABELS = {"Positive": 1, "Negative": 0}
 
 
-class CadError(Exception):
-    """The CAD file is missing or malformed; the message says which and where."""
+SOURCE = "https://github.com/acmi-lab/counterfactually-augmented-data (sentiment/combined/paired/)"
+
+
+class CadError(DataError):
+    """The CAD file is missing or malformed; the message says which and where (a DataError: one line, exit 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +34,10 @@ class Pair:
 def read(path: Path) -> list[Pair]:
     """Pairs of a `*_paired.tsv` file, in file order."""
     if not path.is_file():
-        raise CadError(f"CAD file not found at {path}; pass --cad-dir to the folder with train_paired.tsv and dev_paired.tsv")
+        raise CadError(
+            f"CAD file not found at {path}; pass --cad-dir to the folder with train_paired.tsv and dev_paired.tsv "
+            f"(from {SOURCE}), or --no-cad to train without them"
+        )
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows or not {"Sentiment", "Text", "batch_id"} <= set(rows[0]):
@@ -54,4 +62,7 @@ def find(given: Path | None, required: bool = True) -> Path | None:
             return candidate
     if not required:
         return None
-    raise CadError(f"no CAD folder found in {', '.join(map(str, SEARCH))}; pass --cad-dir PATH")
+    raise CadError(
+        f"no CAD folder found in {', '.join(map(str, SEARCH))}; pass --cad-dir PATH to the folder with train_paired.tsv and "
+        f"dev_paired.tsv (from {SOURCE}), or --no-cad to train without them"
+    )

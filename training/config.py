@@ -38,7 +38,9 @@ class TrainConfig:
     word2vec: bool = True  # pre-train embeddings on train + 50k unlabelled reviews (never on test)
     w2v_epochs: int = 5  # gensim default; more barely moves downstream accuracy
     w2v_skipgram: bool = False  # CBOW: ~3x faster than skip-gram here, and pre-training is only an initialisation
-    lm: bool = False  # pre-train forward + backward LSTM LMs and start the classifier from them (ULMFiT); measured not to pay at this budget
+    lm: bool = (
+        False  # pre-train forward + backward LSTM LMs and start the classifier from them (ULMFiT); measured not to pay at this budget
+    )
     lm_tokens: int = 8_000_000  # tokens per direction (~0.4 pass over train + unsup): ~20 min on 1 core
     lm_bptt: int = 70  # window length; AWD-LSTM / ULMFiT use 70
     lm_batch: int = 64  # windows per step
