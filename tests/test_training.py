@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from contract.vocab import pad_batch
 from training import data
 from training.__main__ import main, parse
 from training.calibrate import brier, expected_calibration_error, fit_temperature
-from training.loop import PairIds, bucketed, crop_to_shortest, pair_batches, pair_loss
+from training.loop import PairIds, bucketed, crop_to_shortest, imdb_loss, pair_batches, pair_loss
+from training.model import SentimentLSTM
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "aclImdb.tar.gz"
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"IMDb tarball not at {DATA}")
@@ -236,3 +238,17 @@ def test_reexport_keeps_weights_vocab_and_hand_notes_and_bumps_the_version(train
     assert text.startswith(f"# Model card: {old.manifest.name} 9.9.9\n")
     assert "A hand-written note." in text and f"Re-exported as 9.9.9 from {old.manifest.version}" in text
     assert json.loads((folder / "metrics.json").read_text())["version"] == "9.9.9"
+
+
+def test_adversarial_term_is_the_loss_at_a_worse_point_than_a_random_one_of_the_same_radius() -> None:
+    torch.manual_seed(0)
+    model = SentimentLSTM(50, 8, 8, 0.0).eval()  # no dropout noise between the two forwards
+    ids, lengths = pad_batch([[random.Random(i).randrange(2, 50) for _ in range(10)] for i in range(8)])  # [8, 10]
+    y = torch.tensor([float(i % 2) for i in range(8)])
+    clean = float(imdb_loss(model, ids, lengths, y, 0.0))
+    adversarial = float(imdb_loss(model, ids, lengths, y, 0.1)) - clean
+    x = model.embedding(ids).detach()
+    noise = torch.randn_like(x)
+    noise = noise * (0.1 * x.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1))[:, None, None]
+    randomised = float(torch.nn.functional.binary_cross_entropy_with_logits(model.logits_from_embeddings(x + noise, lengths), y))
+    assert adversarial > randomised > 0 and adversarial > clean

@@ -49,6 +49,7 @@ class TrainConfig:
     lm_cache: Path | None = None  # cache of the LM weights; reused when data, vocab and LM settings match, else replaced
     lr_decay: float = 1.0  # discriminative learning rates: LSTM gets lr / decay, embedding lr / decay^2 (ULMFiT: 2.6)
     unfreeze: bool = False  # gradual unfreezing: epoch 1 trains the head only, epoch 2 adds the LSTM, then all
+    adversarial: float = 0.0  # Miyato-style embedding perturbation radius, relative to each text's embedding norm (0 = off)
     batch_size: int = 64  # length-bucketed, so padding waste stays < 5%
     lr: float = 2e-3  # Adam peak, one-cycle schedule
     weight_decay: float = 0.0  # dropout regularises enough; decay on embeddings hurts rare words
