@@ -69,10 +69,10 @@ def train(config: TrainConfig) -> Path:
     device = resolve_device(config.device)
     path = data.find(config.data, config.download)
     log.info("data %s, device %s", path, device)
+    cad_folder = cad.find(config.cad_dir, required=config.cad)  # without CAD only its robustness figures are skipped
+    cad_dev = cad.read(cad_folder / "dev_paired.tsv") if cad_folder else []  # read first: a missing file fails in a second, not after the data
     holdout = Holdout.read() if config.holdout else Holdout.none()
     dataset = data.load(path, config.validation_fraction, config.seed, config.limit, holdout.paths)
-    cad_folder = cad.find(config.cad_dir, required=config.cad)  # without CAD only its robustness figures are skipped
-    cad_dev = cad.read(cad_folder / "dev_paired.tsv") if cad_folder else []
     log.info(
         "train %d, validation %d, test %d, unlabelled %d; %d robustness-holdout reviews left out",
         len(dataset.train),
