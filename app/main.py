@@ -28,6 +28,7 @@ from app.routes import metrics as metrics_route
 from app.runner import DeviceUnavailable, resolve_device
 from app.server import Protocol, Server
 from app.service import Service
+from app.version import package_version
 from contract import artifact as artifact_io
 from contract.artifact import Artifact, ArtifactError
 
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
 
     app = FastAPI(
         title="Sentiment service",
-        version=_version(),
+        version=package_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # served by app/routes/docs.py from a package, not a CDN
@@ -82,15 +83,6 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     for module in (predict, health, model, metrics_route, oip, demo, docs):
         app.include_router(module.router)
     return app
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("sentiment-service")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _fail(message: str, code: int) -> None:

@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from app.errors import InvalidInput
 
 
-def _not_blank(text: str) -> str:
+def not_blank(text: str) -> str:
+    """The one blank-text check (/predict's `Text`, and OIP's tensors through app/model_io.py)."""
     if not text.strip():
         raise ValueError("text must not be empty or whitespace only")
     return text
 
 
-Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+# The pattern says in the schema what `not_blank` enforces: at least one non-whitespace character.
+Text = Annotated[StrictStr, AfterValidator(not_blank), Field(json_schema_extra={"pattern": r"\S"})]
 
 REVIEW = "A wonderful, moving film. I loved every minute of it!"
 
@@ -37,13 +39,20 @@ def check_texts(texts: list[str], *, field: str, item: Callable[[int], str], max
 # ---------------------------------------------------------------- /predict
 
 
+def _exactly_one_schema(schema: dict[str, Any]) -> None:
+    """The schema says what the validator enforces: exactly one of `text`/`texts`, neither null."""
+    for name in ("text", "texts"):
+        field = schema["properties"][name]
+        field.update(next(branch for branch in field.pop("anyOf") if branch.get("type") != "null"))
+        field.pop("default", None)
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [{"text": REVIEW}, {"texts": [REVIEW, "Dull and boring."], "explain": False}]
+
+
 class PredictRequest(BaseModel):
     """Either one `text` or a list of `texts`; `explain` adds per-token attributions."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"text": REVIEW}, {"texts": [REVIEW, "Dull and boring."], "explain": False}]},
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_schema)
 
     text: Text | None = Field(None, description="One text to classify.")
     texts: list[Text] | None = Field(None, min_length=1, description="Several texts, answered in the same order.")
@@ -51,8 +60,11 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:
-        if (self.text is None) == (self.texts is None):
+        given = {"text", "texts"} & self.model_fields_set
+        if len(given) != 1:
             raise ValueError("give exactly one of `text` or `texts`")
+        if getattr(self, given.pop()) is None:
+            raise ValueError("`text` / `texts` must not be null")
         return self
 
     @property
@@ -191,17 +203,23 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
+# The protocol's tensor datatypes (this model takes BYTES; app/model_io.py says so for the others).
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"
+]
+
+
 class InferInput(BaseModel):
-    name: StrictStr
-    shape: list[int]
-    datatype: StrictStr
-    data: list[Any]
+    name: StrictStr = Field(min_length=1)
+    shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(description="Dimensions; their product is the number of elements.")
+    datatype: Datatype
+    data: list[Any] = Field(description="Elements, flat or nested row-major (with the binary extension: from the body instead).")
     parameters: dict[str, Any] | None = None
 
 
 class RequestedOutput(BaseModel):
-    name: StrictStr
-    parameters: dict[str, Any] | None = None
+    name: StrictStr = Field(min_length=1)
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data: true` asks for this output as binary tensor data.")
 
 
 class InferRequest(BaseModel):

@@ -1,0 +1,56 @@
+"""The real OIP clients against a real `sentiment-serve`: tritonclient over HTTP (JSON and binary tensors) and gRPC.
+
+Each answer must equal /predict's for the same texts (<= 1e-6): one model, one
+runner, whichever protocol carried the request. The clients are in the `test`
+extra; without them these tests skip, saying which package is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.live_server import free_port, running_server
+
+MODEL = "tiny-test-model"
+TEXTS = ["A wonderful, moving film. I loved every minute of it!", "Dull, boring and awful: a complete waste of time.", "great", "héllo ☃"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """(HTTP port, gRPC port) of one server for the module."""
+    grpc_port = free_port()
+    with running_server(tiny_model_path, tmp_path_factory.mktemp("clients"), SENTIMENT_GRPC_PORT=str(grpc_port)) as (_, port, _):
+        yield port, grpc_port
+
+
+@pytest.fixture(scope="module")
+def expected(server: tuple[int, int]) -> list[float]:
+    response = httpx.post(f"http://127.0.0.1:{server[0]}/predict", json={"texts": TEXTS}, timeout=10)
+    assert response.status_code == 200, response.text
+    return [p["p_positive"] for p in response.json()["predictions"]]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+@pytest.mark.parametrize("request_output", [False, True], ids=["default-outputs", "requested-output"])
+def test_tritonclient_http_infer_matches_predict(
+    server: tuple[int, int], expected: list[float], binary: bool, request_output: bool
+) -> None:
+    http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed (pip install -e '.[test]')")
+    client = http.InferenceServerClient(url=f"127.0.0.1:{server[0]}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    tensor = http.InferInput("text", [len(TEXTS)], "BYTES")
+    tensor.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=np.object_), binary_data=binary)
+    outputs = [http.InferRequestedOutput("p_positive", binary_data=binary)] if request_output else None
+    result = client.infer(MODEL, [tensor], outputs=outputs, request_id="r1")
+    values = result.as_numpy("p_positive")
+    assert values.dtype == np.float32 and values.shape == (len(TEXTS),)
+    assert values.tolist() == pytest.approx(expected, abs=1e-6)
+    assert result.get_response()["id"] == "r1"
+    binary_answer = "parameters" in result.get_output("p_positive")
+    assert binary_answer == (binary or not request_output)  # tritonclient asks binary outputs by default
