@@ -15,6 +15,7 @@ are checked where the texts are (app/model_io.py), for JSON and binary alike.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,24 +46,32 @@ NUMERIC = {
 
 
 def decode_bytes(raw: bytes | memoryview, name: str) -> list[str]:
-    """A BYTES tensor's raw contents -> its elements as text (the model reads text: UTF-8 only)."""
+    """A BYTES tensor's raw contents (length-prefixed elements) -> its elements as text (the model reads UTF-8 only)."""
     raw = memoryview(raw)
-    texts: list[str] = []
+    items: list[bytes] = []
     pos, end = 0, len(raw)
     while pos < end:
         if pos + _LENGTH.size > end:
-            raise MalformedBody(f"input {name!r} element {len(texts)}: the 4-byte length prefix is cut off ({end - pos} byte(s) left)")
+            raise MalformedBody(f"input {name!r} element {len(items)}: the 4-byte length prefix is cut off ({end - pos} byte(s) left)")
         (length,) = _LENGTH.unpack_from(raw, pos)
         pos += _LENGTH.size
         if length > end - pos:
             raise MalformedBody(
-                f"input {name!r} element {len(texts)}: length prefix says {length} bytes, past the end of the tensor ({end - pos} left)"
+                f"input {name!r} element {len(items)}: length prefix says {length} bytes, past the end of the tensor ({end - pos} left)"
             )
-        try:
-            texts.append(str(raw[pos : pos + length], "utf-8"))
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"input {name!r} element {len(texts)} is not valid UTF-8 (byte {exc.start})") from None
+        items.append(bytes(raw[pos : pos + length]))
         pos += length
+    return decode_texts(items, name)
+
+
+def decode_texts(items: Sequence[bytes], name: str) -> list[str]:
+    """BYTES elements given one by one (gRPC's bytes_contents) -> text."""
+    texts = []
+    for i, item in enumerate(items):
+        try:
+            texts.append(item.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"input {name!r} element {i} is not valid UTF-8 (byte {exc.start})") from None
     return texts
 
 

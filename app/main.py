@@ -3,6 +3,8 @@
 The lifespan starts and stops the app's `Service` (app/service.py: the model,
 readiness, draining); `cli` runs it behind `app.server.Server`, which turns
 SIGTERM into the service's drain and closes connections without losing any.
+With SENTIMENT_GRPC_PORT set, the lifespan also starts app/grpc_server.py on
+the same loop and runner; the service's drain stops it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -32,10 +35,14 @@ from app.version import package_version
 from contract import artifact as artifact_io
 from contract.artifact import Artifact, ArtifactError
 
+if TYPE_CHECKING:
+    from app.grpc_server import GrpcServer
+
 DESCRIPTION = """Sentiment (positive / negative) of English movie reviews, from an embedding + BiLSTM model.
 
 Concurrent requests are merged into shared forward passes. `POST /predict` is the native API;
-`/v2/...` implements the Open Inference Protocol v2 (KServe, Triton clients).
+`/v2/...` implements the Open Inference Protocol v2 (KServe, Triton clients; JSON or binary tensor data),
+also over gRPC on `SENTIMENT_GRPC_PORT` when set.
 Errors are JSON: `{"error": {"type", "message"}}` (`{"error": "..."}` under `/v2`)."""
 
 
@@ -44,11 +51,14 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
     service = Service(settings, metrics, artifact)
+    grpc = _grpc_server(service, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         try:
+            if grpc is not None:
+                await grpc.start()
             yield
         finally:
             await service.stop()  # the server already served its connections; this waits for other listeners, then the runner
@@ -85,6 +95,19 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     return app
 
 
+def _grpc_server(service: Service, settings: Settings) -> GrpcServer | None:
+    """The gRPC listener when SENTIMENT_GRPC_PORT is set (grpcio and its stubs come with the [grpc] extra)."""
+    if settings.grpc_port is None:
+        return None
+    try:
+        from app.grpc_server import GrpcServer
+    except ImportError as exc:
+        raise ImportError(
+            f"SENTIMENT_GRPC_PORT is set but gRPC support is not installed ({exc}): pip install 'sentiment-service[grpc]'"
+        ) from exc
+    return GrpcServer(service, settings)
+
+
 def _fail(message: str, code: int) -> None:
     print(f"sentiment-serve: error: {message}", file=sys.stderr)
     raise SystemExit(code)
@@ -113,7 +136,10 @@ def cli(argv: list[str] | None = None) -> None:
         artifact = artifact_io.load(settings.model_path, resolve_device(settings.device))
     except (ArtifactError, DeviceUnavailable) as exc:
         _fail(str(exc), 1)
-    app = create_app(settings, artifact=artifact)
+    try:
+        app = create_app(settings, artifact=artifact)
+    except ImportError as exc:
+        _fail(str(exc), 2)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -54,3 +54,30 @@ def test_tritonclient_http_infer_matches_predict(
     assert result.get_response()["id"] == "r1"
     binary_answer = "parameters" in result.get_output("p_positive")
     assert binary_answer == (binary or not request_output)  # tritonclient asks binary outputs by default
+
+
+@pytest.fixture(scope="module")
+def grpcclient(server: tuple[int, int]) -> Iterator[object]:
+    grpc_client = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (pip install -e '.[test]')")
+    client = grpc_client.InferenceServerClient(url=f"127.0.0.1:{server[1]}")
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["bytes_contents", "raw_input_contents"])
+def test_tritonclient_grpc_infer_matches_predict(grpcclient: object, expected: list[float], raw: bool) -> None:
+    grpc_client = pytest.importorskip("tritonclient.grpc")
+    client: object = grpcclient
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)  # type: ignore[attr-defined]
+    metadata = client.get_model_metadata(MODEL, as_json=True)  # type: ignore[attr-defined]
+    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
+    tensor = grpc_client.InferInput("text", [len(TEXTS)], "BYTES")
+    data = np.array([t.encode() for t in TEXTS], dtype=np.object_)
+    if raw:
+        tensor.set_data_from_numpy(data)  # tritonclient sends raw_input_contents
+    else:
+        tensor._get_tensor().contents.bytes_contents.extend(data.tolist())  # the typed field, as other clients send it
+    result = client.infer(MODEL, [tensor], request_id="g1", client_timeout=10)  # type: ignore[attr-defined]
+    values = result.as_numpy("p_positive")
+    assert values.dtype == np.float32 and values.tolist() == pytest.approx(expected, abs=1e-6)
+    assert result.get_response().id == "g1"
