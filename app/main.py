@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
         docs_url=None,  # served by app/routes/docs.py from a package, not a CDN
         redoc_url=None,  # ReDoc has no offline bundle here; Swagger UI at /docs covers it
     )
+    app.openapi = lambda: docs.openapi(app, api_key=settings.api_key is not None)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = service

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 from app.config import Settings
 from app.errors import InvalidInput, NotFound
 from app.runner import Runner
-from app.schemas import TensorMetadata, check_texts, not_blank
+from app.schemas import INPUT_NAME, OUTPUT_NAME, TensorMetadata, check_texts, not_blank
 
-INPUT = TensorMetadata(name="text", datatype="BYTES", shape=[-1])
-OUTPUT = TensorMetadata(name="p_positive", datatype="FP32", shape=[-1])
+INPUT = TensorMetadata(name=INPUT_NAME, datatype="BYTES", shape=[-1])
+OUTPUT = TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1])
 PLATFORM = "pytorch_torchscript"
 SERVER_NAME = "sentiment-service"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from app.errors import InvalidInput
 
@@ -21,8 +21,10 @@ def not_blank(text: str) -> str:
     return text
 
 
-# The pattern says in the schema what `not_blank` enforces: at least one non-whitespace character.
-Text = Annotated[StrictStr, AfterValidator(not_blank), Field(json_schema_extra={"pattern": r"\S"})]
+# The schema's words for what `not_blank` enforces: a character outside Python's whitespace (str.isspace, what
+# strip() removes). Spelled out because regex engines' `\s` differ (ECMA's includes U+FEFF, Python's not U+001C).
+NOT_BLANK_PATTERN = "[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+Text = Annotated[StrictStr, AfterValidator(not_blank), Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN})]
 
 REVIEW = "A wonderful, moving film. I loved every minute of it!"
 
@@ -209,16 +211,35 @@ Datatype = Literal[
 ]
 
 
+# The served model's one input and one output (app/model_io.py). The models below validate the protocol in
+# general (so app/model_io.py can name what is wrong with a request for another model); their schema says
+# what this server accepts: that input, BYTES, non-blank texts, that output. What JSON Schema cannot say: the
+# product of `shape` must equal the number of elements (422 otherwise).
+def _integral(value: object) -> object:
+    """JSON Schema's `integer` includes 2.0; a strict int alone would refuse it (and take neither "2" nor true)."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+Dim = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=0, json_schema_extra={"minimum": 1})]
+INPUT_NAME = "text"
+OUTPUT_NAME = "p_positive"
+_TEXT = {"type": "string", "pattern": NOT_BLANK_PATTERN}
+
+
 class InferInput(BaseModel):
-    name: StrictStr = Field(min_length=1)
-    shape: list[Annotated[StrictInt, Field(ge=0)]] = Field(description="Dimensions; their product is the number of elements.")
-    datatype: Datatype
-    data: list[Any] = Field(description="Elements, flat or nested row-major (with the binary extension: from the body instead).")
+    name: StrictStr = Field(min_length=1, json_schema_extra={"enum": [INPUT_NAME]})
+    shape: list[Dim] = Field(description="Dimensions; their product is the number of elements.")
+    datatype: Datatype = Field(json_schema_extra={"enum": ["BYTES"]})
+    data: list[Any] = Field(
+        min_length=1,
+        json_schema_extra={"items": {"anyOf": [_TEXT, {"type": "array", "minItems": 1, "items": _TEXT}]}},
+        description="The texts, flat or nested row-major (with the binary tensor extension: in the body after the JSON instead).",
+    )
     parameters: dict[str, Any] | None = None
 
 
 class RequestedOutput(BaseModel):
-    name: StrictStr = Field(min_length=1)
+    name: StrictStr = Field(min_length=1, json_schema_extra={"enum": [OUTPUT_NAME]})
     parameters: dict[str, Any] | None = Field(None, description="`binary_data: true` asks for this output as binary tensor data.")
 
 
@@ -230,8 +251,8 @@ class InferRequest(BaseModel):
     )
 
     id: StrictStr | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[InferInput] = Field(min_length=1)
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data_output: true` asks for every output as binary tensor data.")
+    inputs: list[InferInput] = Field(min_length=1, json_schema_extra={"maxItems": 1})
     outputs: list[RequestedOutput] | None = None
 
 

@@ -93,7 +93,7 @@ async def test_unknown_model_or_version_is_404_with_an_oip_error(serve: ServeFac
         (infer_body(["a", "b"], shape=[3]), "shape [3] but 2"),
         (infer_body([1, 2]), "must be a string"),
         (infer_body(["ok", "  "]), "element 1: text must not be empty"),
-        (infer_body([]), "no texts"),
+        (infer_body([]), "inputs.0.data: List should have at least 1 item"),
         ({"inputs": []}, "inputs"),
         ({"inputs": "text"}, "inputs"),
         ({}, "inputs"),
