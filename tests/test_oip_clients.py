@@ -7,6 +7,9 @@ extra; without them these tests skip, saying which package is missing.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +84,16 @@ def test_tritonclient_grpc_infer_matches_predict(grpcclient: object, expected: l
     values = result.as_numpy("p_positive")
     assert values.dtype == np.float32 and values.tolist() == pytest.approx(expected, abs=1e-6)
     assert result.get_response().id == "g1"
+
+
+def test_readme_grpc_example_runs(server: tuple[int, int]) -> None:
+    pytest.importorskip("tritonclient.grpc")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = re.search(r"^## gRPC and tritonclient\b.*?(?=^## )", readme, re.S | re.M)
+    assert section, "README has no '## gRPC and tritonclient' section"
+    (code,) = re.findall(r"```python\n(.*?)```", section.group(0), re.S)
+    code = code.replace("localhost:8001", f"127.0.0.1:{server[1]}").replace('"imdb-bilstm"', f'"{MODEL}"')
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    values = [float(v) for v in re.findall(r"[0-9.]+(?:e-?\d+)?", result.stdout)]
+    assert len(values) == 2 and all(0 <= v <= 1 for v in values), result.stdout
