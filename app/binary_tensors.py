@@ -80,8 +80,8 @@ def decode(datatype: object, raw: bytes | memoryview, name: str) -> list[Any]:
     if datatype == "BYTES":
         return decode_bytes(raw, name)
     dtype = NUMERIC.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
-        raise InvalidInput(f"input {name!r} has unknown datatype {datatype!r}")
+    if dtype is None:  # BF16 (no numpy dtype) or not a datatype at all
+        raise InvalidInput(f"input {name!r}: binary data of datatype {datatype!r} is not supported; this model takes BYTES")
     itemsize = np.dtype(dtype).itemsize
     if len(raw) % itemsize:
         raise MalformedBody(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} elements ({itemsize} bytes each)")
