@@ -14,7 +14,7 @@ FROM ${PYTHON_IMAGE} AS builder
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Must equal the torch pin in pyproject.toml (tests/test_packaging.py checks it).
 ARG TORCH_VERSION=2.13.0
-# Optional extras of the package, comma-separated (e.g. "train").
+# Optional extras of the package besides grpc (always in: the image serves gRPC on 8001), comma-separated (e.g. "train").
 ARG EXTRAS=""
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -33,7 +33,7 @@ COPY training ./training
 COPY app ./app
 COPY scoring ./scoring
 # torch==2.13.0 is already satisfied (a local version such as +cpu matches the pin), so pip keeps it.
-RUN pip install ".${EXTRAS:+[${EXTRAS}]}"
+RUN pip install ".[grpc${EXTRAS:+,${EXTRAS}}]"
 
 # ---- runtime: the venv + the shipped model, as a non-root user ---------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -51,9 +51,12 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /srv/sentiment
 COPY models ./models
 ENV SENTIMENT_MODEL_PATH=/srv/sentiment/models/sentiment.pt
+# gRPC (KServe/Triton GRPCInferenceService + grpc.health.v1) on Triton's gRPC port; unset it to serve HTTP only.
+ENV SENTIMENT_GRPC_PORT=8001
 
 USER 10001:10001
 EXPOSE 8000
+EXPOSE 8001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2).status == 200 else 1)"]

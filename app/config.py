@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; `auto` picks CUDA when available.")
     host: str = Field("0.0.0.0", description="Interface to listen on (`sentiment-serve --host` overrides).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (`sentiment-serve --port` overrides).")
+    grpc_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve the KServe/Triton GRPCInferenceService and grpc.health.v1 on this port (needs the [grpc] extra); "
+        "unset = no gRPC. The image sets 8001, Triton's gRPC port, which tritonclient users expect.",
+    )
     max_batch_size: int = Field(64, ge=1, description="Most texts per forward pass; 1 turns batching off (the naive baseline).")
     min_batch_size: int = Field(
         0,

@@ -8,17 +8,22 @@ loop's time went to those hops); these never block, so they run inline.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import WithJsonSchema
 
 from app.config import Settings
 from app.errors import InvalidInput, NotReady, Unauthorized
 from app.runner import Runner
 
-_bearer = HTTPBearer(auto_error=False, description="Only when the server sets SENTIMENT_API_KEY.")
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <SENTIMENT_API_KEY>`.")
+# Milliseconds as a plain positive integer (1 .. 999999999): the schema's pattern and the fast lane's check are this one.
+TIMEOUT_MS_PATTERN = r"^[1-9][0-9]{0,8}$"
+_TIMEOUT_MS = re.compile(TIMEOUT_MS_PATTERN)
 
 
 async def get_runner(request: Request) -> Runner:
@@ -45,7 +50,12 @@ async def inference(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     x_request_timeout_ms: Annotated[
-        str | None, Header(description="Give up (504) if not answered within this many milliseconds; at most the server's default.")
+        str | None,
+        Header(
+            description="Give up (504) if not answered within this many milliseconds (1 to 999999999); at most the server's default.",
+        ),
+        # The schema's pattern is the one `deadline` checks (with a message naming the header); never null: a header is absent or a string.
+        WithJsonSchema({"type": "string", "pattern": TIMEOUT_MS_PATTERN}),
     ] = None,
 ) -> Inference:
     """The API-key check and the deadline in one dependency.
@@ -76,10 +86,7 @@ def deadline(settings: Settings, x_request_timeout_ms: str | None) -> float | No
     default = settings.request_timeout_ms or None
     if x_request_timeout_ms is None:
         return default / 1000 if default else None
-    try:
-        wanted = int(x_request_timeout_ms)
-    except ValueError:
-        wanted = 0
-    if wanted <= 0:
-        raise InvalidInput(f"X-Request-Timeout-Ms must be a positive integer, got {x_request_timeout_ms!r}")
+    if not _TIMEOUT_MS.fullmatch(x_request_timeout_ms):
+        raise InvalidInput(f"X-Request-Timeout-Ms must be a whole number of milliseconds from 1 to 999999999, got {x_request_timeout_ms!r}")
+    wanted = int(x_request_timeout_ms)
     return min(wanted, default) / 1000 if default else wanted / 1000

@@ -1,9 +1,11 @@
-"""Typed errors and their one mapping to HTTP status codes and JSON bodies.
+"""Typed errors and their one mapping to HTTP status codes and JSON bodies (and gRPC status codes).
 
 Every error answer, whoever raises it, goes through `error_response`:
 `{"error": {"type": ..., "message": ...}}`, except under /v2 where the Open
 Inference Protocol wants `{"error": "..."}`. Client mistakes are 4xx naming
-the problem; only genuine bugs are 500, and those never leak internals.
+the problem; only genuine bugs are 500, and those never leak internals. Each
+error also names its gRPC status code (`grpc_code`, a `grpc.StatusCode` name,
+so this module needs no grpcio); app/grpc_server.py answers with it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ServiceError(Exception):
 
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal_error"
+    grpc_code: ClassVar[str] = "INTERNAL"
     headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, message: str) -> None:
@@ -41,43 +44,43 @@ class ServiceError(Exception):
 
 
 class InvalidInput(ServiceError):
-    status, type = 422, "invalid_input"
+    status, type, grpc_code = 422, "invalid_input", "INVALID_ARGUMENT"
 
 
 class MalformedBody(ServiceError):
-    status, type = 400, "malformed_body"
+    status, type, grpc_code = 400, "malformed_body", "INVALID_ARGUMENT"
 
 
 class Unauthorized(ServiceError):
-    status, type = 401, "unauthorized"
+    status, type, grpc_code = 401, "unauthorized", "UNAUTHENTICATED"
     headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(ServiceError):
-    status, type = 404, "not_found"
+    status, type, grpc_code = 404, "not_found", "NOT_FOUND"
 
 
 class PayloadTooLarge(ServiceError):
-    status, type = 413, "payload_too_large"
+    status, type, grpc_code = 413, "payload_too_large", "RESOURCE_EXHAUSTED"
 
 
 class Overloaded(ServiceError):
-    status, type = 503, "overloaded"
+    status, type, grpc_code = 503, "overloaded", "RESOURCE_EXHAUSTED"
     headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_S}
 
 
 class ShuttingDown(ServiceError):
-    status, type = 503, "shutting_down"
+    status, type, grpc_code = 503, "shutting_down", "UNAVAILABLE"
     headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_S}
 
 
 class NotReady(ServiceError):
-    status, type = 503, "not_ready"
+    status, type, grpc_code = 503, "not_ready", "UNAVAILABLE"
     headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_S}
 
 
 class Timeout(ServiceError):
-    status, type = 504, "deadline_exceeded"
+    status, type, grpc_code = 504, "deadline_exceeded", "DEADLINE_EXCEEDED"
 
 
 # The batcher knows nothing of HTTP; this is where its refusals get their status.

@@ -3,6 +3,8 @@
 The lifespan starts and stops the app's `Service` (app/service.py: the model,
 readiness, draining); `cli` runs it behind `app.server.Server`, which turns
 SIGTERM into the service's drain and closes connections without losing any.
+With SENTIMENT_GRPC_PORT set, the lifespan also starts app/grpc_server.py on
+the same loop and runner; the service's drain stops it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,13 +31,18 @@ from app.routes import metrics as metrics_route
 from app.runner import DeviceUnavailable, resolve_device
 from app.server import Protocol, Server
 from app.service import Service
+from app.version import package_version
 from contract import artifact as artifact_io
 from contract.artifact import Artifact, ArtifactError
+
+if TYPE_CHECKING:
+    from app.grpc_server import GrpcServer
 
 DESCRIPTION = """Sentiment (positive / negative) of English movie reviews, from an embedding + BiLSTM model.
 
 Concurrent requests are merged into shared forward passes. `POST /predict` is the native API;
-`/v2/...` implements the Open Inference Protocol v2 (KServe, Triton clients).
+`/v2/...` implements the Open Inference Protocol v2 (KServe, Triton clients; JSON or binary tensor data),
+also over gRPC on `SENTIMENT_GRPC_PORT` when set.
 Errors are JSON: `{"error": {"type", "message"}}` (`{"error": "..."}` under `/v2`)."""
 
 
@@ -43,23 +51,27 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
     service = Service(settings, metrics, artifact)
+    grpc = _grpc_server(service, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         try:
+            if grpc is not None:
+                await grpc.start()
             yield
         finally:
             await service.stop()  # the server already served its connections; this waits for other listeners, then the runner
 
     app = FastAPI(
         title="Sentiment service",
-        version=_version(),
+        version=package_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # served by app/routes/docs.py from a package, not a CDN
         redoc_url=None,  # ReDoc has no offline bundle here; Swagger UI at /docs covers it
     )
+    app.openapi = lambda: docs.openapi(app, api_key=settings.api_key is not None)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = service
@@ -84,13 +96,17 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     return app
 
 
-def _version() -> str:
-    from importlib import metadata
-
+def _grpc_server(service: Service, settings: Settings) -> GrpcServer | None:
+    """The gRPC listener when SENTIMENT_GRPC_PORT is set (grpcio and its stubs come with the [grpc] extra)."""
+    if settings.grpc_port is None:
+        return None
     try:
-        return metadata.version("sentiment-service")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
+        from app.grpc_server import GrpcServer
+    except ImportError as exc:
+        raise ImportError(
+            f"SENTIMENT_GRPC_PORT is set but gRPC support is not installed ({exc}): pip install 'sentiment-service[grpc]'"
+        ) from exc
+    return GrpcServer(service, settings)
 
 
 def _fail(message: str, code: int) -> None:
@@ -121,7 +137,10 @@ def cli(argv: list[str] | None = None) -> None:
         artifact = artifact_io.load(settings.model_path, resolve_device(settings.device))
     except (ArtifactError, DeviceUnavailable) as exc:
         _fail(str(exc), 1)
-    app = create_app(settings, artifact=artifact)
+    try:
+        app = create_app(settings, artifact=artifact)
+    except ImportError as exc:
+        _fail(str(exc), 2)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -9,18 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from app.errors import InvalidInput
 
 
-def _not_blank(text: str) -> str:
+def not_blank(text: str) -> str:
+    """The one blank-text check (/predict's `Text`, and OIP's tensors through app/model_io.py)."""
     if not text.strip():
         raise ValueError("text must not be empty or whitespace only")
     return text
 
 
-Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+# The schema's words for what `not_blank` enforces: a character outside Python's whitespace (str.isspace, what
+# strip() removes). Spelled out because regex engines' `\s` differ (ECMA's includes U+FEFF, Python's not U+001C).
+NOT_BLANK_PATTERN = "[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+Text = Annotated[StrictStr, AfterValidator(not_blank), Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN})]
 
 REVIEW = "A wonderful, moving film. I loved every minute of it!"
 
@@ -37,13 +41,20 @@ def check_texts(texts: list[str], *, field: str, item: Callable[[int], str], max
 # ---------------------------------------------------------------- /predict
 
 
+def _exactly_one_schema(schema: dict[str, Any]) -> None:
+    """The schema says what the validator enforces: exactly one of `text`/`texts`, neither null."""
+    for name in ("text", "texts"):
+        field = schema["properties"][name]
+        field.update(next(branch for branch in field.pop("anyOf") if branch.get("type") != "null"))
+        field.pop("default", None)
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [{"text": REVIEW}, {"texts": [REVIEW, "Dull and boring."], "explain": False}]
+
+
 class PredictRequest(BaseModel):
     """Either one `text` or a list of `texts`; `explain` adds per-token attributions."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"text": REVIEW}, {"texts": [REVIEW, "Dull and boring."], "explain": False}]},
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_schema)
 
     text: Text | None = Field(None, description="One text to classify.")
     texts: list[Text] | None = Field(None, min_length=1, description="Several texts, answered in the same order.")
@@ -51,8 +62,11 @@ class PredictRequest(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PredictRequest:
-        if (self.text is None) == (self.texts is None):
+        given = {"text", "texts"} & self.model_fields_set
+        if len(given) != 1:
             raise ValueError("give exactly one of `text` or `texts`")
+        if getattr(self, given.pop()) is None:
+            raise ValueError("`text` / `texts` must not be null")
         return self
 
     @property
@@ -191,17 +205,42 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
+# The protocol's tensor datatypes (this model takes BYTES; app/model_io.py says so for the others).
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"
+]
+
+
+# The served model's one input and one output (app/model_io.py). The models below validate the protocol in
+# general (so app/model_io.py can name what is wrong with a request for another model); their schema says
+# what this server accepts: that input, BYTES, non-blank texts, that output. What JSON Schema cannot say: the
+# product of `shape` must equal the number of elements (422 otherwise).
+def _integral(value: object) -> object:
+    """JSON Schema's `integer` includes 2.0; a strict int alone would refuse it (and take neither "2" nor true)."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+Dim = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=0, json_schema_extra={"minimum": 1})]
+INPUT_NAME = "text"
+OUTPUT_NAME = "p_positive"
+_TEXT = {"type": "string", "pattern": NOT_BLANK_PATTERN}
+
+
 class InferInput(BaseModel):
-    name: StrictStr
-    shape: list[int]
-    datatype: StrictStr
-    data: list[Any]
+    name: StrictStr = Field(min_length=1, json_schema_extra={"enum": [INPUT_NAME]})
+    shape: list[Dim] = Field(description="Dimensions; their product is the number of elements.")
+    datatype: Datatype = Field(json_schema_extra={"enum": ["BYTES"]})
+    data: list[Any] = Field(
+        min_length=1,
+        json_schema_extra={"items": {"anyOf": [_TEXT, {"type": "array", "minItems": 1, "items": _TEXT}]}},
+        description="The texts, flat or nested row-major (with the binary tensor extension: in the body after the JSON instead).",
+    )
     parameters: dict[str, Any] | None = None
 
 
 class RequestedOutput(BaseModel):
-    name: StrictStr
-    parameters: dict[str, Any] | None = None
+    name: StrictStr = Field(min_length=1, json_schema_extra={"enum": [OUTPUT_NAME]})
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data: true` asks for this output as binary tensor data.")
 
 
 class InferRequest(BaseModel):
@@ -212,8 +251,8 @@ class InferRequest(BaseModel):
     )
 
     id: StrictStr | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[InferInput] = Field(min_length=1)
+    parameters: dict[str, Any] | None = Field(None, description="`binary_data_output: true` asks for every output as binary tensor data.")
+    inputs: list[InferInput] = Field(min_length=1, json_schema_extra={"maxItems": 1})
     outputs: list[RequestedOutput] | None = None
 
 

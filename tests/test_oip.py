@@ -23,7 +23,7 @@ async def test_server_metadata_and_health(serve: ServeFactory) -> None:
         ready = await client.get("/v2/health/ready")
         model_ready = await client.get(f"{MODEL}/ready")
         version_ready = await client.get(f"{MODEL}/versions/0.0.1/ready")
-    assert server["name"] == "sentiment-service" and isinstance(server["version"], str) and server["extensions"] == []
+    assert server["name"] == "sentiment-service" and isinstance(server["version"], str) and server["extensions"] == ["binary_tensor_data"]
     assert (live.status_code, live.json()) == (200, {"live": True})
     assert (ready.status_code, ready.json()) == (200, {"ready": True})
     assert model_ready.json() == {"name": "tiny-test-model", "ready": True}
@@ -92,8 +92,8 @@ async def test_unknown_model_or_version_is_404_with_an_oip_error(serve: ServeFac
         ({"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "BYTES"),
         (infer_body(["a", "b"], shape=[3]), "shape [3] but 2"),
         (infer_body([1, 2]), "must be a string"),
-        (infer_body(["ok", "  "]), "element 1 is empty"),
-        (infer_body([]), "no texts"),
+        (infer_body(["ok", "  "]), "element 1: text must not be empty"),
+        (infer_body([]), "inputs.0.data: List should have at least 1 item"),
         ({"inputs": []}, "inputs"),
         ({"inputs": "text"}, "inputs"),
         ({}, "inputs"),

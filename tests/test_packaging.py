@@ -290,8 +290,9 @@ def test_settings_default_model_path_resolves_from_the_image_workdir(
 
 
 def test_dockerfile_exposes_8000_and_it_is_the_settings_default_port(final: list[Instruction]) -> None:
-    assert [i.args for i in final if i.keyword == "EXPOSE"] == ["8000"]
+    assert [i.args for i in final if i.keyword == "EXPOSE"] == ["8000", "8001"]
     assert settings_fields()["port"] == 8000
+    assert "SENTIMENT_GRPC_PORT=8001" in [i.args for i in final if i.keyword == "ENV"]  # gRPC on, on the exposed port
 
 
 def test_dockerfile_healthcheck_probes_readiness_with_python(final: list[Instruction]) -> None:
@@ -363,8 +364,9 @@ def test_compose_builds_with_dockerfile_args(compose: dict, stages: list[list[In
 
 def test_compose_api_publishes_the_settings_default_port(compose: dict) -> None:
     port = settings_fields()["port"]
-    assert compose["services"]["api"]["ports"] == [f"${{API_PORT:-{port}}}:{port}"]
+    assert compose["services"]["api"]["ports"] == [f"${{API_PORT:-{port}}}:{port}", "${API_GRPC_PORT:-9001}:8001"]
     assert compose["services"]["api-gpu"]["ports"][0].endswith(f":{port}")
+    assert compose["services"]["api-gpu"]["ports"][1].endswith(":8001")  # the image's SENTIMENT_GRPC_PORT
 
 
 def test_compose_healthchecks_are_the_dockerfile_probe(compose: dict, final: list[Instruction]) -> None:
@@ -417,9 +419,10 @@ def test_kubernetes_deployment_probes_security_and_service(kube: list[dict], fin
     uid = [i.args for i in final if i.keyword == "USER"][-1].split(":")[0]
     assert str(pod["securityContext"]["runAsUser"]) == uid
     (container,) = pod["containers"]
-    (port,) = container["ports"]
+    port, grpc_port = container["ports"]
     assert port["containerPort"] == 8000
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": port["name"]}
+    assert grpc_port == {"name": "grpc", "containerPort": 8001}
+    assert container["readinessProbe"]["grpc"] == {"port": 8001}  # grpc.health.v1, the same readiness as /health/ready
     assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": port["name"]}
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -587,7 +590,8 @@ def test_probe_paths_of_every_deploy_file_are_live_routes(
             paths |= set(re.findall(r"127\.0\.0\.1:8000(/[\w/]+)", " ".join(service["healthcheck"]["test"])))
     for doc in kube:
         for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
-            paths |= {container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe") if p in container}
+            probes = [container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe") if p in container]
+            paths |= {probe["httpGet"]["path"] for probe in probes if "httpGet" in probe}
     assert paths == {"/health/ready", "/health/live"}
     for path in sorted(paths):
         assert get_status(server.url + path) == 200, path

@@ -1,64 +1,63 @@
-"""Property-based fuzzing of every operation in the app's live OpenAPI schema (schemathesis 4.x).
+"""The OpenAPI schema says exactly what the server accepts: `schemathesis run --checks all` against a real server, 0 failures.
 
-The app is served in-process over ASGI with the tiny real model (lifespan included: schemathesis' ASGI client
-runs it once per app and keeps it for the session). For each operation, schemathesis generates valid and
-invalid requests from the schema (bounded, derandomized: the same cases on every run) and checks that
-- no answer is a 5xx (`not_a_server_error`): bad input is the client's fault and gets a 4xx;
-- every answer matches the schema the app publishes (`response_schema_conformance`), errors included.
-`status_code_conformance` (every status documented) is left out: the OIP routes answer 400 (malformed JSON) and
-413 (body too large) without documenting them; add both to app/routes/oip.py ERRORS, then add the check here.
+As a new user would run it: the CLI against a live `sentiment-serve` (tiny real model), every check (server
+errors, response conformance, positive data accepted, negative data rejected, auth, missing headers, ...),
+every phase (examples, coverage, fuzzing, stateful), bounded examples, a fixed seed; once without an API key
+(no security scheme may be declared) and once with one (the key given to schemathesis, which also checks that
+requests without it or with a wrong one are refused). tests/schemathesis.toml holds the two exceptions, with why.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import schemathesis
-from fastapi import FastAPI
-from hypothesis import HealthCheck, Phase, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from app.config import Settings
 from app.main import create_app
-from contract.artifact import Artifact
+from tests.live_server import running_server
 
-CHECKS = [not_a_server_error, response_schema_conformance]
-
-
-# The schema is the app's own (`app.openapi()`, exactly what GET /openapi.json serves; checked below), read at
-# import without starting anything; the requests go to `served_app`, a second app with the model loaded.
-# (schemathesis' lazy `from_fixture` loader breaks on pytest 9, which removed `Node._nodeid`.)
-schema = schemathesis.openapi.from_dict(create_app(Settings(model_path=Path("unused.pt"))).openapi())
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+MAX_EXAMPLES = "40"
+SEED = "20261202"
 
 
-@pytest.fixture
-def served_app(tiny_model_path: Path, tiny_artifact: Artifact) -> Iterator[FastAPI]:
-    """A fresh app per operation: schemathesis ends the ASGI lifespan after each test, and an app's lifespan
-    is not restartable (app.state.draining stays True after its first shutdown)."""
-    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("SENTIMENT_")]}  # the shell's settings do not apply
-    try:
-        yield create_app(Settings(model_path=tiny_model_path, device="cpu", torch_threads=1), artifact=tiny_artifact)
-    finally:
-        os.environ.update(saved)
+def _schemathesis() -> list[str]:
+    script = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    return [script]
 
 
-def test_fuzzed_schema_is_the_one_the_app_serves(served_app: FastAPI) -> None:
-    assert served_app.openapi() == schema.raw_schema
-    assert {"/predict", "/health/ready", "/v2/models/{name}/infer"} <= set(schema.raw_schema["paths"])
+def test_the_bearer_scheme_is_declared_only_with_an_api_key() -> None:
+    plain = create_app(Settings(model_path=Path("unused.pt"))).openapi()
+    keyed = create_app(Settings(model_path=Path("unused.pt"), api_key="k")).openapi()
+    assert "securitySchemes" not in plain.get("components", {})
+    assert not [op for path in plain["paths"].values() for op in path.values() if "security" in op]
+    assert keyed["components"]["securitySchemes"] == {
+        "HTTPBearer": {"type": "http", "description": "`Authorization: Bearer <SENTIMENT_API_KEY>`.", "scheme": "bearer"}
+    }
+    assert keyed["paths"]["/predict"]["post"]["security"] == [{"HTTPBearer": []}]
+    predict = plain["components"]["schemas"]["PredictRequest"]
+    assert predict["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}] and predict["additionalProperties"] is False
 
 
-@schema.parametrize()
-@settings(
-    max_examples=30,
-    derandomize=True,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure prints its reproducing curl as is
-    suppress_health_check=list(HealthCheck),
-    database=None,
-)
-def test_api_conforms_to_its_schema_and_never_answers_5xx(case: schemathesis.Case, served_app: FastAPI) -> None:
-    case.call_and_validate(app=served_app, checks=CHECKS)
+@pytest.mark.parametrize("api_key", [None, "fuzz-key"], ids=["no-api-key", "api-key"])
+def test_schemathesis_checks_all_finds_nothing(tiny_model_path: Path, tmp_path: Path, api_key: str | None) -> None:
+    command = _schemathesis()
+    env = {"SENTIMENT_API_KEY": api_key} if api_key else {}
+    with running_server(tiny_model_path, tmp_path, **env) as (_, port, log):
+        auth = ["--header", f"Authorization: Bearer {api_key}"] if api_key else []
+        run = subprocess.run(
+            [*command, "--config-file", str(CONFIG), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "all",
+             "--max-examples", MAX_EXAMPLES, "--seed", SEED, "--no-shrink", "--generation-database", "none", *auth],
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"},
+        )  # fmt: skip
+        output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:] + "\n--- server log ---\n" + log.read_text()[-2000:]
+    assert "No issues found" in output

@@ -5,13 +5,19 @@ without internet). Here the same page points at assets served from the
 installed package (spec-first's bundle of the official swagger-ui dist): no
 copied blob in this repository, and upgrades come with `pip`. The online
 validator badge, which would call out to another host, is off.
+
+`openapi` is the document itself, saying exactly what this server accepts:
+the bearer scheme is declared only when an API key is configured (without one,
+no credentials are checked, and a schema that asks for them misleads clients
+and validators).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 from swagger_ui_bundle import swagger_ui_path
@@ -57,3 +63,16 @@ async def asset(name: str) -> FileResponse:
     if media_type is None:
         raise HTTPException(status_code=404, detail=f"no docs asset {name!r}")
     return FileResponse(BUNDLE / name, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})
+
+
+def openapi(app: FastAPI, *, api_key: bool) -> dict[str, Any]:
+    """FastAPI's document for `app`, less the security declarations when no API key is set; built once."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        if not api_key:
+            schema.get("components", {}).pop("securitySchemes", None)
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    operation.pop("security", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,20 +1,30 @@
 """Open Inference Protocol v2 (KServe / Triton REST): server and model metadata, health, infer.
 
-The model takes one BYTES tensor `text` of shape [N] and returns one FP32
-tensor `p_positive` of shape [N]. Errors are `{"error": "..."}` as the
-protocol asks (errors.error_response picks that format under /v2).
+The model's tensors and input checks are app/model_io.py's (shared with
+gRPC). Infer takes JSON with or without a Content-Type (tritonclient sends
+none), or Triton's binary tensor data extension (app/binary_tensors.py): a body
+with an `Inference-Header-Content-Length` header is decoded into the same JSON
+request before FastAPI validates it (`InferRoute`), so both encodings meet one
+schema and one set of checks. Outputs are binary when the request asks
+(`parameters.binary_data_output`, or an output's `binary_data`). Errors are
+`{"error": "..."}` as the protocol asks (errors.error_response picks that
+format under /v2).
 """
 
 from __future__ import annotations
 
-from importlib import metadata
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
 
-from app.config import Settings
+from app import binary_tensors, model_io
 from app.dependencies import Inference, get_runner, inference, require_ready
-from app.errors import InvalidInput, NotFound, documented
+from app.errors import documented
+from app.model_io import INPUT, OUTPUT, PLATFORM, SERVER_NAME
 from app.runner import Runner
 from app.schemas import (
     InferOutput,
@@ -26,20 +36,49 @@ from app.schemas import (
     ServerLive,
     ServerMetadata,
     ServerReady,
-    TensorMetadata,
-    check_texts,
 )
+from app.version import package_version
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
-INPUT = TensorMetadata(name="text", datatype="BYTES", shape=[-1])
-OUTPUT = TensorMetadata(name="p_positive", datatype="FP32", shape=[-1])
-PLATFORM = "pytorch_torchscript"
+class InferRoute(APIRoute):
+    """A route that first turns a binary-extension body into its JSON request (other requests pass unchanged)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            header_length = request.headers.get(binary_tensors.HEADER)
+            if header_length is not None and request.method == "POST":
+                body = binary_tensors.split_body(await request.body(), header_length)
+                request = _json_request(request, orjson.dumps(body))
+            return await handler(request)
+
+        return route
+
+
+def _json_request(request: Request, body: bytes) -> Request:
+    headers = [(k, v) for k, v in request.scope["headers"] if k not in (b"content-type", b"content-length")]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await request.receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({**request.scope, "headers": headers}, receive)
+
+
+# strict_content_type=False: a body without a Content-Type is read as JSON (tritonclient sends none); /predict stays strict.
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=InferRoute, strict_content_type=False)
+
 ERRORS = documented(
     OipError,
     {
-        400: "Malformed JSON or invalid UTF-8.",
-        401: "Missing or wrong API key.",
+        400: "Malformed JSON, invalid UTF-8 or malformed binary tensor data.",
+        401: "Missing or wrong API key (only when one is configured).",
         413: "Body over the size limit.",
         404: "Unknown model or version.",
         422: "Invalid request.",
@@ -49,74 +88,9 @@ ERRORS = documented(
 )
 
 
-def _server_version() -> str:
-    try:
-        return metadata.version("sentiment-service")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def _model(runner: Runner, name: str, version: str | None) -> Runner:
-    """The runner if `name` (and `version`, when given) is what it serves, else 404."""
-    manifest = runner.artifact.manifest
-    if name != manifest.name:
-        raise NotFound(f"unknown model {name!r}; this server serves {manifest.name!r}")
-    if version is not None and version != manifest.version:
-        raise NotFound(f"model {name!r} has no version {version!r}; it serves version {manifest.version!r}")
-    return runner
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    """OIP allows tensor data flat or nested row-major; flatten it."""
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            flat.append(value)
-        else:
-            stack.pop()
-    return flat
-
-
-def _texts(request: InferRequest, settings: Settings) -> list[str]:
-    if len(request.inputs) != 1 or request.inputs[0].name != INPUT.name:
-        names = [i.name for i in request.inputs]
-        raise InvalidInput(f"expected exactly one input named {INPUT.name!r}, got {names}")
-    tensor = request.inputs[0]
-    if tensor.datatype != INPUT.datatype:
-        raise InvalidInput(f"input {INPUT.name!r} must have datatype BYTES, got {tensor.datatype!r}")
-    data = _flatten(tensor.data)
-    size = 1
-    for dim in tensor.shape:
-        size *= dim
-    if any(dim < 0 for dim in tensor.shape) or size != len(data):
-        raise InvalidInput(f"input {INPUT.name!r} has shape {tensor.shape} but {len(data)} data elements")
-    if not data:
-        raise InvalidInput(f"input {INPUT.name!r} holds no texts")
-    for i, text in enumerate(data):
-        if not isinstance(text, str):
-            raise InvalidInput(f"input {INPUT.name!r} element {i} must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise InvalidInput(f"input {INPUT.name!r} element {i} is empty or whitespace only")
-    for output in request.outputs or []:
-        if output.name != OUTPUT.name:
-            raise InvalidInput(f"unknown output {output.name!r}; this model has {OUTPUT.name!r}")
-    check_texts(
-        data,
-        field=f"input {INPUT.name!r}",
-        item=lambda i: f"input {INPUT.name!r} element {i}",
-        max_items=settings.max_items_per_request,
-        max_chars=settings.max_text_chars,
-    )
-    return data
-
-
 @router.get("", response_model=ServerMetadata)
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="sentiment-service", version=_server_version(), extensions=[])
+    return ServerMetadata(name=SERVER_NAME, version=package_version(), extensions=[binary_tensors.EXTENSION])
 
 
 @router.get("/health/live", response_model=ServerLive)
@@ -131,22 +105,44 @@ async def server_ready(request: Request) -> ServerReady:
 
 
 def _metadata(runner: Runner, name: str, version: str | None) -> ModelMetadata:
-    manifest = _model(runner, name, version).artifact.manifest
+    manifest = model_io.model(runner, name, version).artifact.manifest
     return ModelMetadata(name=manifest.name, versions=[manifest.version], platform=PLATFORM, inputs=[INPUT], outputs=[OUTPUT])
 
 
 def _ready(request: Request, runner: Runner, name: str, version: str | None) -> ModelReady:
-    _model(runner, name, version)
+    model_io.model(runner, name, version)
     require_ready(request)
     return ModelReady(name=name, ready=True)
 
 
-async def _infer(body: InferRequest, call: Inference, name: str, version: str | None) -> InferResponse:
-    manifest = _model(call.runner, name, version).artifact.manifest
-    texts = _texts(body, call.settings)
+async def _infer(body: InferRequest, call: Inference, name: str, version: str | None) -> Response | InferResponse:
+    manifest = model_io.model(call.runner, name, version).artifact.manifest
+    texts = model_io.texts(body.inputs, call.settings)
+    model_io.check_outputs([o.name for o in body.outputs or []])
     predictions = await call.runner.predict(texts, timeout=call.timeout)
-    output = InferOutput(name=OUTPUT.name, shape=[len(texts)], datatype=OUTPUT.datatype, data=[p.p_positive for p in predictions])
-    return InferResponse(model_name=manifest.name, model_version=manifest.version, id=body.id, outputs=[output])
+    values = [p.p_positive for p in predictions]
+    if not _binary_output(body):
+        output = InferOutput(name=OUTPUT.name, shape=[len(texts)], datatype=OUTPUT.datatype, data=values)
+        return InferResponse(model_name=manifest.name, model_version=manifest.version, id=body.id, outputs=[output])
+    tensor = binary_tensors.encode_fp32(values)
+    header: dict[str, Any] = {"model_name": manifest.name, "model_version": manifest.version}
+    if body.id is not None:
+        header["id"] = body.id
+    header["outputs"] = [
+        {"name": OUTPUT.name, "datatype": OUTPUT.datatype, "shape": [len(texts)], "parameters": {"binary_data_size": len(tensor)}}
+    ]
+    content, length = binary_tensors.join_body(header, [tensor])
+    return Response(content, media_type=binary_tensors.MEDIA_TYPE, headers={binary_tensors.HEADER: str(length)})
+
+
+def _binary_output(body: InferRequest) -> bool:
+    """Triton's rule: an output's `binary_data` parameter, else the request's `binary_data_output`, else JSON."""
+    default = (body.parameters or {}).get("binary_data_output") is True
+    for output in body.outputs or []:
+        choice = (output.parameters or {}).get("binary_data")
+        if choice is not None:
+            return choice is True
+    return default
 
 
 RunnerDep = Annotated[Runner, Depends(get_runner)]
@@ -175,12 +171,12 @@ async def model_version_ready(request: Request, runner: RunnerDep, name: str, ve
 
 
 @router.post("/models/{name}/infer", **INFER)  # type: ignore[arg-type]
-async def infer(body: InferRequest, call: InferenceDep, name: str) -> InferResponse:
+async def infer(body: InferRequest, call: InferenceDep, name: str) -> Response | InferResponse:
     """P(positive) for each text of the BYTES input `text`; shares batches with /predict."""
     return await _infer(body, call, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER)  # type: ignore[arg-type]
-async def infer_version(body: InferRequest, call: InferenceDep, name: str, version: str) -> InferResponse:
+async def infer_version(body: InferRequest, call: InferenceDep, name: str, version: str) -> Response | InferResponse:
     """As `infer`, for an explicit model version."""
     return await _infer(body, call, name, version)

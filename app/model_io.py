@@ -1,0 +1,92 @@
+"""What the served model takes and gives under the Open Inference Protocol, for HTTP (app/routes/oip.py) and gRPC alike.
+
+One BYTES input `text` of shape [N] in, one FP32 output `p_positive` of shape
+[N] out. The input checks live here once, so a request is judged the same
+whichever protocol and encoding (JSON, binary tensors, protobuf) carried it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from app.config import Settings
+from app.errors import InvalidInput, NotFound
+from app.runner import Runner
+from app.schemas import INPUT_NAME, OUTPUT_NAME, TensorMetadata, check_texts, not_blank
+
+INPUT = TensorMetadata(name=INPUT_NAME, datatype="BYTES", shape=[-1])
+OUTPUT = TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1])
+PLATFORM = "pytorch_torchscript"
+SERVER_NAME = "sentiment-service"
+
+
+class Tensor(Protocol):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]
+
+
+def model(runner: Runner, name: str, version: str | None) -> Runner:
+    """The runner if `name` (and `version`, when given) is what it serves, else NotFound."""
+    manifest = runner.artifact.manifest
+    if name != manifest.name:
+        raise NotFound(f"unknown model {name!r}; this server serves {manifest.name!r}")
+    if version is not None and version != manifest.version:
+        raise NotFound(f"model {name!r} has no version {version!r}; it serves version {manifest.version!r}")
+    return runner
+
+
+def flatten(data: list[Any]) -> list[Any]:
+    """OIP allows tensor data flat or nested row-major; flatten it."""
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def check_outputs(names: Sequence[str]) -> None:
+    for name in names:
+        if name != OUTPUT.name:
+            raise InvalidInput(f"unknown output {name!r}; this model has {OUTPUT.name!r}")
+
+
+def texts(inputs: Sequence[Tensor], settings: Settings) -> list[str]:
+    """The texts of the one BYTES input `text`, checked (count against shape, strings, not blank, limits), else InvalidInput."""
+    if len(inputs) != 1 or inputs[0].name != INPUT.name:
+        raise InvalidInput(f"expected exactly one input named {INPUT.name!r}, got {[i.name for i in inputs]}")
+    tensor = inputs[0]
+    where = f"input {INPUT.name!r}"
+    if tensor.datatype != INPUT.datatype:
+        raise InvalidInput(f"{where} must have datatype BYTES, got {tensor.datatype!r}")
+    data = flatten(tensor.data)
+    size = 1
+    for dim in tensor.shape:
+        size *= dim
+    if any(dim < 0 for dim in tensor.shape) or size != len(data):
+        raise InvalidInput(f"{where} has shape {list(tensor.shape)} but {len(data)} data elements")
+    if not data:
+        raise InvalidInput(f"{where} holds no texts")
+    for i, text in enumerate(data):
+        if not isinstance(text, str):
+            raise InvalidInput(f"{where} element {i} must be a string, got {type(text).__name__}")
+        try:
+            not_blank(text)
+        except ValueError as exc:
+            raise InvalidInput(f"{where} element {i}: {exc}") from None
+    check_texts(
+        data,
+        field=where,
+        item=lambda i: f"{where} element {i}",
+        max_items=settings.max_items_per_request,
+        max_chars=settings.max_text_chars,
+    )
+    return data
