@@ -123,7 +123,7 @@ def test_missing_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.Captur
 def test_corrupt_dataset_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "aclImdb.tar.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00garbage" * 100)
-    assert main(["--data", str(bad), "--out", str(tmp_path / "m.pt")]) == 2
+    assert main(["--data", str(bad), "--no-cad", "--out", str(tmp_path / "m.pt")]) == 2  # CAD's files are checked first
     err = capsys.readouterr().err.strip()
     assert "not a readable aclImdb tarball" in err and "\n" not in err
 
@@ -142,7 +142,7 @@ def test_tarball_without_reviews_is_refused(tmp_path: Path, capsys: pytest.Captu
     readme.write_text("not imdb")
     with tarfile.open(other, "w:gz") as tar:
         tar.add(readme, arcname="aclImdb/README")
-    assert main(["--data", str(other), "--out", str(tmp_path / "m.pt")]) == 2
+    assert main(["--data", str(other), "--no-cad", "--out", str(tmp_path / "m.pt")]) == 2
     assert "has no reviews under train/pos" in capsys.readouterr().err
 
 

@@ -106,8 +106,7 @@ def load(
     `exclude` holds paths relative to aclImdb/ ("train/neg/1015_2.txt"): those reviews are dropped before
     anything else sees them (split, vocabulary, pre-training), so no training step can learn from them.
     """
-    if not path.exists():
-        raise DataError(f"dataset not found at {path}; pass --data PATH (aclImdb tarball or folder) or --download")
+    existing(path)
     raw: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
     urls: dict[tuple[str, str], list[str]] = {}
     for name, data in _entries(path):
@@ -154,10 +153,17 @@ def load(
 SEARCH = (Path("data/aclImdb_v1.tar.gz"), Path("data/aclImdb.tar.gz"), Path("data/aclImdb"), Path("aclImdb"))
 
 
+def existing(path: Path) -> Path:
+    """`path`, or a DataError saying what to pass instead: checked before anything slow runs."""
+    if not path.exists():
+        raise DataError(f"dataset not found at {path}; pass --data PATH (aclImdb tarball or folder) or --download")
+    return path
+
+
 def find(given: Path | None, allow_download: bool = False) -> Path:
-    """The dataset to use: `given`, else the first of SEARCH that exists, else a download if allowed."""
+    """The dataset to use: `given` (which must exist), else the first of SEARCH that exists, else a download if allowed."""
     if given is not None:
-        return given
+        return existing(given)
     for candidate in SEARCH:
         if candidate.exists():
             return candidate
