@@ -70,7 +70,9 @@ def train(config: TrainConfig) -> Path:
     path = data.find(config.data, config.download)
     log.info("data %s, device %s", path, device)
     cad_folder = cad.find(config.cad_dir, required=config.cad)  # without CAD only its robustness figures are skipped
-    cad_dev = cad.read(cad_folder / "dev_paired.tsv") if cad_folder else []  # read first: a missing file fails in a second, not after the data
+    cad_dev = (
+        cad.read(cad_folder / "dev_paired.tsv") if cad_folder else []
+    )  # read first: a missing file fails in a second, not after the data
     holdout = Holdout.read() if config.holdout else Holdout.none()
     dataset = data.load(path, config.validation_fraction, config.seed, config.limit, holdout.paths)
     log.info(
