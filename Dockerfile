@@ -35,6 +35,20 @@ COPY scoring ./scoring
 # torch==2.13.0 is already satisfied (a local version such as +cpu matches the pin), so pip keeps it.
 RUN pip install ".[grpc${EXTRAS:+,${EXTRAS}}]"
 
+# Slim the venv (cheap, and nothing the service runs): torch's C++ test binaries, headers and CMake files (only
+# for building extensions), the packages' own test suites (numpy's, sympy's), pip/setuptools (nothing is
+# installed at run time), and the bytecode of packages the service never imports (torch.compile's stack and its
+# dependencies sympy, networkx, mpmath, jinja2): they stay importable, compiled in memory if ever used. What the
+# service does import keeps its bytecode, so start-up does not recompile it (the root filesystem may be read-only).
+RUN site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+ && rm -rf "$site/torch/test" "$site/torch/include" "$site/torch/share/cmake" \
+           "$site"/torch/bin/test_* "$site"/torch/bin/*Test "$site"/torch/bin/protoc* \
+ && find "$site" -type d -name tests -prune -exec rm -rf {} + \
+ && for unused in sympy networkx mpmath jinja2 torch/_inductor torch/_dynamo torch/onnx torch/_export torch/export; do \
+        find "$site/$unused" -name __pycache__ -type d -prune -exec rm -rf {} + ; \
+    done \
+ && pip uninstall -q -y pip setuptools
+
 # ---- runtime: the venv + the shipped model, as a non-root user ---------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 

@@ -42,6 +42,7 @@ class Connection:
     port: int
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
+    idle_since: float = 0.0  # monotonic time it went back to the pool
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -203,9 +204,13 @@ async def open_loop(
     seed: int = 0,
     on_result: Callable[[Result], None] | None = None,
     retry_stale: bool = True,
+    idle_timeout: float | None = None,
 ) -> Run:
     """Poisson arrivals at `rate` req/s for `duration` s; idle keep-alive connections are reused, new ones opened
-    up to `max_in_flight` (arrivals beyond that wait for one: counted in `late`)."""
+    up to `max_in_flight` (arrivals beyond that wait for one: counted in `late`).
+
+    idle_timeout: pooled connections idle longer than this are closed instead of reused, as a proxy in front of
+    the service does (its idle timeout must be below the server's keep-alive timeout)."""
     rng = random.Random(seed)
     run = Run(started=time.monotonic())
     idle: list[Connection] = []
@@ -215,6 +220,8 @@ async def open_loop(
 
     async def one(raw: bytes) -> None:
         conn = idle.pop() if idle else Connection(host, port)
+        if idle_timeout is not None and conn.writer is not None and time.monotonic() - conn.idle_since > idle_timeout:
+            await conn.close()  # a fresh connection in its place, as a proxy's pool does
         try:
             r = await conn.request(raw, timeout, retry_stale=retry_stale)
             run.results.append(r)
@@ -222,6 +229,7 @@ async def open_loop(
                 on_result(r)
         finally:
             if conn.writer is not None:
+                conn.idle_since = time.monotonic()
                 idle.append(conn)
             sem.release()
 

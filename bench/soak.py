@@ -1,4 +1,5 @@
-"""Soak: the service at ~70 % of its capacity for a bounded time; 0 errors and RSS growth < 5 % expected.
+"""Soak: the service at ~70 % of its capacity for a bounded time; 0 errors, 0 connections closed without a response
+(keep-alive connections are reused, never retried by the client) and RSS growth < 5 % expected.
 
     python -m bench.soak [--seconds 600] [--load 0.7] [--capacity REQ_PER_S]
 
@@ -17,6 +18,8 @@ import os
 import time
 
 from bench import common, loadgen
+
+PROXY_IDLE_S = 60.0  # a common load balancer's idle timeout (AWS ALB, nginx upstream keepalive_timeout is 60 s too)
 
 
 def capacity_from_results() -> float | None:
@@ -47,7 +50,11 @@ async def soak(server: common.Server, requests: list[bytes], rate: float, second
             await asyncio.sleep(sample_every)
 
     task = asyncio.create_task(sampler())
-    run = await loadgen.open_loop("127.0.0.1", port, requests, rate, seconds, max_in_flight=512)
+    # The client stands in for a proxy: keep-alive pool, idle timeout PROXY_IDLE_S (below the server's), and no retry
+    # of a reused connection closed under it, so every such close shows as no_response.
+    run = await loadgen.open_loop(
+        "127.0.0.1", port, requests, rate, seconds, max_in_flight=512, retry_stale=False, idle_timeout=PROXY_IDLE_S
+    )
     task.cancel()
     rss, hwm = common.rss_mb(server.pid)
     samples.append({"t": time.monotonic() - t0, "rss_mb": rss, "hwm_mb": hwm})
@@ -100,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     growth_windows = 100 * (sum(late) / len(late) - sum(early) / len(early)) / (sum(early) / len(early))
     s = result["summary"]
     errors = s["requests"] - s["statuses"].get("200", 0) + result["unsent_client_behind"]
+    # A connection the server closed with a request written and no response byte sent: what a proxy turns into a 502.
+    closed_without_response = s["outcomes"].get("no_response", 0) + s["outcomes"].get("unsent", 0)
     result.update(
         {
             "machine": common.machine(),
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             "rss_growth_windows_pct": growth_windows,
             "rss_growth_from_ready_pct": 100 * (end["rss_mb"] - rss_ready) / rss_ready,
             "errors": errors,
+            "closed_without_response": closed_without_response,
             "healthy_after": healthy,
             "exit_code": exit_code,
         }
@@ -123,13 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"{s['requests']} requests in {s['duration_s']:.0f} s ({s['ok_per_s']:.0f}/s ok), "
         f"outcomes {s['outcomes']}, statuses {s['statuses']}\n"
         f"latency 200: {s['latency_200_ms']}\n"
-        f"errors {errors}; RSS {result['rss_base_mb']:.0f} -> {result['rss_end_mb']:.0f} MiB "
+        f"errors {errors}; connections closed without a response {closed_without_response}; RSS {result['rss_base_mb']:.0f} -> {result['rss_end_mb']:.0f} MiB "
         f"(growth {result['rss_growth_pct']:+.2f} % from t={base['t']:.0f} s; {result['rss_growth_from_ready_pct']:+.2f} % from ready), "
         f"peak {result['rss_peak_mb']:.0f} MiB; client {result['client_cores']:.2f} cores, server {result['server_cores']:.2f} cores; "
         f"healthy after: {healthy}; exit {exit_code}"
     )
     print(f"RSS growth, mean of the last 10 % vs mean over 10-20 % of the run: {growth_windows:+.2f} %")
-    verdict = errors == 0 and growth_windows < 5 and healthy
+    verdict = errors == 0 and closed_without_response == 0 and growth_windows < 5 and healthy
     result["pass"] = verdict
     print("PASS" if verdict else "FAIL")
     print(f"wrote {common.save(args.out, result)}")

@@ -248,6 +248,27 @@ def _api_predict(base: str, text: str) -> dict[str, Any]:
         return json.load(r)["predictions"][0]
 
 
+def assert_bar_grows_from_the_middle(browser: Any, p_positive: float) -> None:
+    """The fill starts at the bar's centre and reaches P(positive) on the scale, on the predicted side, in its colour:
+    a confident negative is a long red fill to the left, not a short green one."""
+    from selenium.webdriver.common.by import By
+
+    bar = browser.find_element(By.ID, "bar")
+    fill = browser.find_element(By.ID, "bar-fill")
+    side = "positive" if p_positive >= 0.5 else "negative"
+
+    def settled(_: Any) -> bool:  # the fill animates (0.3 s) to its place
+        box, part = bar.rect, fill.rect
+        centre, at = box["x"] + box["width"] / 2, box["x"] + p_positive * box["width"]
+        near, far = (part["x"], part["x"] + part["width"]) if side == "positive" else (part["x"] + part["width"], part["x"])
+        return abs(near - centre) <= 1.5 and abs(far - at) <= 1.5
+
+    _wait(browser, settled, timeout=5)
+    assert side in fill.get_attribute("class").split()
+    colour = fill.value_of_css_property("background-color")
+    assert colour.startswith("rgba(22, 163, 74" if side == "positive" else "rgba(220, 38, 38"), colour
+
+
 def test_browser_predicts_and_highlights(demo_server: str, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -262,6 +283,7 @@ def test_browser_predicts_and_highlights(demo_server: str, browser: Any, tmp_pat
     assert f"P(positive) = {expected['p_positive']:.3f}" in browser.find_element(By.ID, "score").text
     bar = browser.find_element(By.ID, "bar")
     assert int(bar.get_attribute("aria-valuenow")) == round(100 * expected["p_positive"])
+    assert_bar_grows_from_the_middle(browser, expected["p_positive"])
     assert re.search(r"Answered in \d+ ms", browser.find_element(By.ID, "latency").text)
     assert not browser.find_element(By.ID, "error").is_displayed()
 

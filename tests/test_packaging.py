@@ -1,8 +1,9 @@
 """Packaging: Dockerfile, docker-compose.yml, .dockerignore, deploy/kubernetes.yaml, README quickstart, .ci/run.
 
-There is no Docker engine on CI, so the container files are checked statically
-(parsed, then cross-checked against the repository, pyproject.toml and the
-service's Settings). The health probe they all share is then run for real, as
+The container files are checked statically here (parsed, then cross-checked
+against the repository, pyproject.toml and the service's Settings), so a
+mistake shows without a container engine; tests/test_container.py builds and
+runs the image for real where one is available. The health probe they all share is then run for real, as
 a subprocess, against a real `sentiment-serve` process serving a tiny model.
 """
 
@@ -451,7 +452,7 @@ def test_readme_has_exactly_two_quickstart_commands(readme: str) -> None:
 def test_ci_runs_the_readme_test_command_verbatim(readme: str) -> None:
     _serve, test = quickstart_commands(readme)
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert test in lines
+    assert [line for line in lines if line and not line.startswith("#")][-1] == test, "the README's test command must be .ci/run's last line"
 
 
 def test_ci_script_is_strict_executable_bash() -> None:

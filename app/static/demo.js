@@ -115,7 +115,12 @@
     const percent = Math.round(100 * p);
     $("bar").setAttribute("aria-valuenow", String(percent));
     $("bar").setAttribute("aria-valuetext", `${percent}% positive`);
-    $("bar-fill").style.width = `${(100 * p).toFixed(1)}%`;
+    // A centred scale: the fill grows from the middle (P = 0.5, undecided) towards the predicted side, so its
+    // length is the confidence (|P - 0.5|, the whole half at P = 0 or 1) and its colour the label.
+    const fill = $("bar-fill");
+    fill.className = `bar-fill ${p >= 0.5 ? "positive" : "negative"}`;
+    fill.style.left = `${(100 * Math.min(p, 0.5)).toFixed(1)}%`;
+    fill.style.width = `${(100 * Math.abs(p - 0.5)).toFixed(1)}%`;
 
     const tokens = (prediction.explanation && prediction.explanation.tokens) || [];
     renderHighlight(text, tokens);
