@@ -70,15 +70,15 @@ def test_cache_is_reused_when_the_key_matches_and_replaced_with_a_warning_when_n
     torch.manual_seed(0)
     texts, cfg = corpus(), config(tmp_path, lm_tokens=800)
     vocab = Vocab.build(texts, 100, 1)
-    key = lm.cache_key(cfg, vocab, "data-sha", "holdout-sha", word2vec=False)
+    key = lm.cache_key(cfg, vocab, "data-sha", "holdout-sha")
     first, figures = lm.pretrained(texts, vocab, None, cfg, key, CPU)
     assert not figures["from_cache"] and cfg.lm_cache.exists()
     again, figures = lm.pretrained(texts, vocab, None, cfg, key, CPU)
     assert figures["from_cache"]
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))
     other_vocab = Vocab.build(texts[:10], 100, 1)
-    stale = lm.cache_key(cfg, other_vocab, "data-sha", "holdout-sha", word2vec=False)
-    assert stale != key and lm.cache_key(dataclasses.replace(cfg, lm_bptt=11), vocab, "data-sha", "holdout-sha", False) != key
+    stale = lm.cache_key(cfg, other_vocab, "data-sha", "holdout-sha")
+    assert stale != key and lm.cache_key(dataclasses.replace(cfg, lm_bptt=11), vocab, "data-sha", "holdout-sha") != key
     with caplog.at_level(logging.WARNING, logger="training.lm"):
         _, figures = lm.pretrained(texts[:10], other_vocab, None, cfg, stale, CPU)
     assert not figures["from_cache"] and "does not match" in caplog.text

@@ -452,7 +452,9 @@ def test_readme_has_exactly_two_quickstart_commands(readme: str) -> None:
 def test_ci_runs_the_readme_test_command_verbatim(readme: str) -> None:
     _serve, test = quickstart_commands(readme)
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert [line for line in lines if line and not line.startswith("#")][-1] == test, "the README's test command must be .ci/run's last line"
+    assert [line for line in lines if line and not line.startswith("#")][-1] == test, (
+        "the README's test command must be .ci/run's last line"
+    )
 
 
 def test_ci_script_is_strict_executable_bash() -> None:

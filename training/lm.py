@@ -68,7 +68,7 @@ def stream(corpus: Sequence[list[str]], vocab: Vocab) -> torch.Tensor:
     return torch.tensor([i for tokens in corpus for i in vocab.encode(tokens, len(tokens), len(tokens)).ids], dtype=torch.long)
 
 
-def cache_key(config: TrainConfig, vocab: Vocab, data_sha256: str, holdout_sha256: str, word2vec: bool) -> str:
+def cache_key(config: TrainConfig, vocab: Vocab, data_sha256: str, holdout_sha256: str) -> str:
     """sha256 of everything the LM weights depend on; a cache with another key is stale."""
     parts = {
         "data": data_sha256,
@@ -76,7 +76,7 @@ def cache_key(config: TrainConfig, vocab: Vocab, data_sha256: str, holdout_sha25
         "vocab": hashlib.sha256("\n".join(vocab.tokens).encode()).hexdigest(),
         "sizes": [config.embed_dim, config.hidden],
         "lm": [config.lm_tokens, config.lm_bptt, config.lm_batch, config.lm_lr, config.lm_dropout],
-        "word2vec": word2vec,
+        "word2vec": [config.word2vec, config.w2v_epochs, config.w2v_skipgram],  # the LM starts from that embedding
         "limit": config.limit,
         "seed": config.seed,
     }

@@ -114,7 +114,7 @@ def train(config: TrainConfig) -> Path:
         log.info("word2vec pre-training took %.0fs", time.perf_counter() - t0)
     lm_figures: dict[str, float] = {}
     if config.lm:
-        key = lm.cache_key(config, vocab, dataset.sha256, holdout.sha256, config.word2vec)
+        key = lm.cache_key(config, vocab, dataset.sha256, holdout.sha256)
         embedding = model.embedding.weight.data if config.word2vec else None
         bilm, lm_figures = lm.pretrained(train_tokens + unsup_tokens, vocab, embedding, config, key, device)
         lm.initialise(model, bilm)
