@@ -22,3 +22,6 @@ run lm_unfreeze "${lm[@]}" --lr-decay 2.6 --unfreeze --epochs 3
 run adversarial_002 --adversarial 0.02
 run adversarial_0005 --adversarial 0.005
 run vocab_60k --vocab-size 60000
+run pool_max --pooling max
+run pool_mean --pooling mean
+run pool_last --pooling last

@@ -1,4 +1,4 @@
-"""The model's two BiLSTM routes (training/model.py): dense and packed give the same answers, both scripted."""
+"""The model's two BiLSTM routes (training/model.py): dense and packed give the same answers, both scripted, for every pooling."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from contract.vocab import pad_batch
-from training.model import SentimentLSTM
+from training.__main__ import parse
+from training.export import model_from
+from training.model import POOLINGS, SentimentLSTM
 
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def scripted() -> torch.jit.ScriptModule:
+@pytest.fixture(scope="module", params=POOLINGS)
+def scripted(request: pytest.FixtureRequest) -> torch.jit.ScriptModule:
     torch.manual_seed(0)
-    model = SentimentLSTM(vocab_size=50, embed_dim=12, hidden=10, dropout=0.3).eval()
+    model = SentimentLSTM(vocab_size=50, embed_dim=12, hidden=10, dropout=0.3, pooling=request.param).eval()
     with torch.no_grad():  # non-trivial weights, so a wrong direction or gather would show
         for parameter in model.parameters():
             parameter.normal_(0, 0.5)
@@ -82,3 +84,27 @@ def test_route_choice_follows_padding_and_training_always_packs() -> None:
     assert not model.use_dense(torch.tensor([10, 1, 1]), 10)  # 30 / 12
     model.train()
     assert not model.use_dense(torch.tensor([10, 10, 10]), 10)  # training reproduces the packed history
+
+
+@torch.inference_mode()
+def test_poolings_differ_and_re_export_keeps_the_pooling(scripted: torch.jit.ScriptModule) -> None:
+    x, lengths = pad_batch(_ids(8, seed=4))
+    rebuilt = model_from(scripted, dropout=0.0)  # what a kernel re-export of a shipped file starts from
+    assert rebuilt.pooling == scripted.pooling
+    assert float((rebuilt(x, lengths) - scripted(x, lengths)).abs().max()) < TOLERANCE
+    torch.manual_seed(0)
+    other = SentimentLSTM(50, 12, 10, 0.0, pooling="max" if scripted.pooling != "max" else "mean").eval()
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.normal_(0, 0.5)
+    assert float((other(x, lengths) - scripted(x, lengths)).abs().max()) > 1e-3
+
+
+def test_pooling_is_a_training_flag_with_its_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse(["--pooling", "last"]).pooling == "last"
+    assert parse([]).pooling == "max+mean"  # the shipped recipe
+    with pytest.raises(SystemExit):
+        parse(["--pooling", "attention"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        SentimentLSTM(10, 4, 4, 0.0, pooling="attention")

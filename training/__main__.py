@@ -23,6 +23,8 @@ def parse(argv: list[str] | None) -> TrainConfig:
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(kind), default=f.default, help=f"default: {f.default}")
         else:
             base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
             parser.add_argument(flag, type=base, default=f.default, help=f"default: {f.default}")

@@ -130,7 +130,7 @@ def model_from(module: torch.nn.Module, dropout: float) -> SentimentLSTM:
     state = module.state_dict()
     vocab_size, embed_dim = state["embedding.weight"].shape
     hidden = state["lstm.weight_hh_l0"].shape[1]
-    model = SentimentLSTM(vocab_size, embed_dim, hidden, dropout)
+    model = SentimentLSTM(vocab_size, embed_dim, hidden, dropout, pooling=getattr(module, "pooling", "max+mean"))
     model.load_state_dict(state)  # strict: a file with other weights is refused
     return model.eval()
 

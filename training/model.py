@@ -1,4 +1,4 @@
-"""Embedding + bidirectional LSTM + max/mean pooling + linear + sigmoid.
+"""Embedding + bidirectional LSTM + pooling (max + mean by default) + linear + sigmoid.
 
 Every output is independent of padding and of the other texts in the batch
 (the serving batcher mixes strangers' texts). Two exact routes compute the
@@ -31,14 +31,29 @@ from contract.vocab import PAD_ID
 # with 1.8x padding, and breaks even around 2x padding at batch 32-64 (docs/benchmarks.md, "Kernels").
 DENSE_MAX_PADDING = 2.0
 
+# How the BiLSTM's states become one feature vector. "last" is each direction's final state (the forward one at the
+# last real token, the backward one at the first); the shipped "max+mean" concatenates both pools (4H features).
+POOLINGS = ("max+mean", "max", "mean", "last")
+
 
 class SentimentLSTM(nn.Module):
-    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, dropout: float, dense_max_padding: float = DENSE_MAX_PADDING) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        hidden: int,
+        dropout: float,
+        dense_max_padding: float = DENSE_MAX_PADDING,
+        pooling: str = "max+mean",
+    ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(4 * hidden, 1)  # [max-pool ; mean-pool] of 2 directions
+        self.pooling = pooling  # a plain attribute, kept in the TorchScript file (re-export reads it back)
+        self.head = nn.Linear((4 if pooling == "max+mean" else 2) * hidden, 1)  # [max-pool ; mean-pool] of 2 directions, or one of them
         self.register_buffer("temperature", torch.ones(()))
         self.dense_max_padding = dense_max_padding  # a plain attribute: the weights (and their sha256) stay the same
 
@@ -83,10 +98,23 @@ class SentimentLSTM(nn.Module):
         total = x.size(1)
         x = self.dropout(x)
         h = self._dense(x, lengths) if self.use_dense(lengths, total) else self._packed(x, lengths)  # [B, T, 2H]
-        mask = (torch.arange(total, device=x.device)[None, :] < lengths[:, None])[:, :, None]  # [B, T, 1]
+        return self.head(self.dropout(self.pool(h, lengths))).squeeze(1)  # [B]
+
+    def pool(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """h: [B, T, 2H] (anything past each length is ignored) -> features [B, 4H] for max+mean, else [B, 2H]."""
+        if self.pooling == "last":
+            hidden = h.size(2) // 2
+            end = (lengths - 1)[:, None, None].expand(h.size(0), 1, h.size(2))  # [B, 1, 2H]
+            forward = h.gather(1, end).squeeze(1)[:, :hidden]  # [B, H]: the forward state after the last real token
+            return torch.cat([forward, h[:, 0, hidden:]], 1)  # [B, 2H]: the backward state after reading back to token 0
+        mask = (torch.arange(h.size(1), device=h.device)[None, :] < lengths[:, None])[:, :, None]  # [B, T, 1]
         mean = h.masked_fill(~mask, 0.0).sum(1) / lengths[:, None].to(h.dtype)  # [B, 2H]
+        if self.pooling == "mean":
+            return mean
         peak = h.masked_fill(~mask, float("-inf")).max(1).values  # [B, 2H]
-        return self.head(self.dropout(torch.cat([peak, mean], 1))).squeeze(1)  # [B]
+        if self.pooling == "max":
+            return peak
+        return torch.cat([peak, mean], 1)  # [B, 4H]
 
     def logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids: LongTensor[B, T] (PAD_ID-padded), lengths: LongTensor[B] >= 1 -> logits FloatTensor[B]."""

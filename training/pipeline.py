@@ -97,7 +97,7 @@ def train(config: TrainConfig) -> Path:
     train_ids = ids_of(train_tokens)
     val_ids = [encoder.encode(r.text).ids for r in dataset.validation]
     pairs = cad_pairs(cad_folder, config, dataset, encoder) if config.cad and cad_folder else []
-    model = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout)
+    model = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout, pooling=config.pooling)
     if config.word2vec:
         t0 = time.perf_counter()
         model.embedding.weight.data.copy_(
