@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="Texts waiting longer than this join the next batch whatever their length, so length grouping "
         "cannot hold back a text of a rare length (0 = off; the oldest text is always in the next batch).",
     )
+    queue_age_factor: float = Field(
+        2.0,
+        ge=0.0,
+        description="...and only when they also waited this many times the recent mean wait: under sustained overload "
+        "every text is older than any fixed age, and the fixed rule alone would batch first-in-first-out, mixing lengths.",
+    )
     max_batch_tokens: int = Field(
         64 * 400, ge=1, description="Most padded tokens (texts x longest text) per forward pass: bounds memory and latency per batch."
     )

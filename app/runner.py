@@ -100,6 +100,7 @@ class Runner:
         min_batch_size: int = 1,
         max_padding: float = float("inf"),
         max_age: float | None = None,
+        age_factor: float = 0.0,
         threads: ThreadPlan = ThreadPlan(workers=1, torch_threads=0),
         metrics: Metrics | None = None,
     ) -> None:
@@ -124,6 +125,7 @@ class Runner:
             min_batch_size=min_batch_size,
             max_padding=max_padding,
             max_age=max_age,
+            age_factor=age_factor,
             thread_initializer=self._init_thread,
             thread_name="model-worker",
         )
@@ -146,6 +148,7 @@ class Runner:
             min_batch_size=settings.min_batch_size or AUTO_MIN_BATCH_SIZE,
             max_padding=settings.max_batch_padding,
             max_age=settings.max_queue_age_ms / 1000 if settings.max_queue_age_ms else None,
+            age_factor=settings.queue_age_factor,
             threads=threads,
             metrics=metrics,
         )

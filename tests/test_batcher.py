@@ -346,6 +346,23 @@ async def test_items_older_than_max_age_join_the_next_batch_despite_the_padding_
     await old.close()
 
 
+async def test_under_sustained_waits_only_items_past_age_factor_x_the_mean_wait_are_overdue() -> None:
+    """Past a long wait (overload), a fixed max_age would mark every item overdue and batch them FIFO, mixed."""
+    worker = Worker()
+    relative = make(worker, max_batch_size=64, max_padding=1.2, max_age=0.02, age_factor=2.0)
+    relative.start()
+    blocker = await hold_worker(relative, worker)
+    backlog = asyncio.create_task(relative.submit(["x" * 5] * 4))
+    await until(lambda: relative.depth == 4)
+    await asyncio.sleep(1.5)  # the backlog waits 1.5 s: the mean wait is now >= ~0.13 s
+    worker.gate.set()
+    await asyncio.gather(blocker, backlog)
+    texts = ["a" * 10, "b" * 2, "c" * 10]  # "bb" waits ~50 ms: past max_age, far below 2 x the mean wait
+    batches = await _batches_after_hold(relative, worker, texts, pause_after=1)
+    assert [sorted(b) for b in batches[-2:]] == [["a" * 10, "c" * 10], ["bb"]]
+    await relative.close()
+
+
 def test_max_padding_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_padding"):
         make(Worker(), max_padding=0.9)
