@@ -138,7 +138,7 @@ def layer_groups(model: SentimentLSTM) -> list[list[torch.nn.Parameter]]:
 def fit(
     model: SentimentLSTM,
     train_ids: Sequence[list[int]],
-    train_labels: Sequence[int],
+    train_labels: Sequence[float],  # 0/1, or a teacher's P(positive) (soft labels)
     val_ids: Sequence[list[int]],
     val_labels: Sequence[int],
     config: TrainConfig,

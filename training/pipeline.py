@@ -18,14 +18,14 @@ from contract.encoder import TextEncoder
 from contract.manifest import Manifest
 from contract.text import NORMALIZER_VERSION, tokenize
 from contract.vocab import Vocab
-from training import cad, data, lm, report, short_texts
+from training import cad, data, lm, report, short_texts, teacher
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.embeddings import word2vec_matrix
 from training.evaluate import metrics, robustness
 from training.export import export
 from training.holdout import Holdout
-from training.loop import PairIds, fit, predict_logits
+from training.loop import History, PairIds, fit, predict_logits
 from training.model import SentimentLSTM
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,38 @@ def cad_pairs(folder: Path, config: TrainConfig, dataset: data.Dataset, encoder:
     kept = kept[: config.limit] if config.limit else kept
     log.info("CAD: %d train pairs (originals in validation left out)", len(kept))
     return [PairIds(encoder.encode(p.original).ids, encoder.encode(p.revised).ids, p.original_label) for p in kept]
+
+
+def distill(
+    model: SentimentLSTM,
+    stage_one: History,
+    train: tuple[list[list[str]], list[list[int]]],
+    unsup: tuple[list[list[str]], list[list[int]]],
+    dataset: data.Dataset,
+    val_ids: list[list[int]],
+    pairs: list[PairIds],
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[History, dict[str, float]]:
+    """Stage two: from stage one's weights, train on train (hard labels) + unlabelled (the teacher's soft labels) + CAD.
+
+    Returns both stages' history in one (the kept epoch counted across them) and the teacher's figures.
+    """
+    (train_tokens, train_ids), (unsup_tokens, unsup_ids) = train, unsup
+    y_val = torch.tensor([float(r.label) for r in dataset.validation])
+    val_tokens = [tokenize(r.text) for r in dataset.validation]
+    lstm_val = predict_logits(model, val_ids, config.eval_batch_size, device)  # [N]
+    lstm_unsup = predict_logits(model, unsup_ids, config.eval_batch_size, device)  # [M]
+    targets, figures = teacher.soft_labels(
+        train_tokens, [r.label for r in dataset.train], (val_tokens, lstm_val, y_val), (unsup_tokens, lstm_unsup), config.teacher_c
+    )
+    stage_two = dataclasses.replace(config, epochs=config.distill_epochs, lr=config.distill_lr)
+    labels: list[float] = [float(r.label) for r in dataset.train] + targets
+    second = fit(model, train_ids + unsup_ids, labels, val_ids, [r.label for r in dataset.validation], stage_two, device, pairs)
+    merged = History(*(getattr(stage_one, f) + getattr(second, f) for f in ("train_loss", "val_loss", "val_accuracy", "seconds")))
+    merged.best_epoch = len(stage_one.train_loss) + second.best_epoch
+    figures["val_accuracy_stage_one"] = stage_one.val_accuracy[stage_one.best_epoch - 1]
+    return merged, figures
 
 
 def train(config: TrainConfig) -> Path:
@@ -119,13 +151,18 @@ def train(config: TrainConfig) -> Path:
         bilm, lm_figures = lm.pretrained(train_tokens + unsup_tokens, vocab, embedding, config, key, device)
         lm.initialise(model, bilm)
         del bilm
-    del unsup_tokens
     model.to(device)
     fit_start = time.perf_counter()
-    history = fit(model, train_ids, [r.label for r in dataset.train], val_ids, [r.label for r in dataset.validation], config, device, pairs)
+    train_labels, val_labels = [r.label for r in dataset.train], [r.label for r in dataset.validation]
+    history = fit(model, train_ids, train_labels, val_ids, val_labels, config, device, pairs)
+    y_val = torch.tensor([float(r.label) for r in dataset.validation])
+    distillation: dict[str, float] = {}
+    if config.distill:
+        unsup = (unsup_tokens, ids_of(unsup_tokens))
+        history, distillation = distill(model, history, (train_tokens, train_ids), unsup, dataset, val_ids, pairs, config, device)
+    del unsup_tokens
     fit_seconds = time.perf_counter() - fit_start
 
-    y_val = torch.tensor([float(r.label) for r in dataset.validation])
     val_logits = predict_logits(model, val_ids, config.eval_batch_size, device)
     temperature = fit_temperature(val_logits, y_val)
     model.temperature.fill_(temperature)
@@ -185,6 +222,7 @@ def train(config: TrainConfig) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
             "cad_train_pairs": len(pairs),
             "lm_pretraining": lm_figures,
+            "distillation": distillation,
         },
         holdout=holdout.manifest_entry(dataset.excluded) if config.holdout else {},
     )
