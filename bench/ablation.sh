@@ -25,3 +25,4 @@ run vocab_60k --vocab-size 60000
 run pool_max --pooling max
 run pool_mean --pooling mean
 run pool_last --pooling last
+run distill --distill --distill-epochs 1

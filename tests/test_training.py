@@ -63,6 +63,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(out.parent / "lm.pt"),
         "--lr-decay",
         "2.6",
+        "--distill",
+        "--distill-epochs",
+        "1",
     ]
     assert main(argv) == 0
     return out
@@ -80,6 +83,9 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert m.metrics["test"]["n"] == 300  # 150 per class
     assert m.training["cad_train_pairs"] == 150  # --limit caps the CAD pairs too
     assert m.training["lm_pretraining"]["steps"] == 25 and not m.training["lm_pretraining"]["from_cache"]  # 4000 / (8 x 20)
+    teacher = m.training["distillation"]
+    assert teacher["unlabelled"] == 150 and teacher["ngram_features"] > 0 and 0 <= teacher["val_accuracy_teacher"] <= 1
+    assert len(json.loads((trained.parent / "metrics.json").read_text())["history"]["val_loss"]) == 2  # stage one + stage two
     assert m.holdout["reviews_dropped"] == 753 and m.holdout["listed"] == 753 and len(m.holdout["sha256"]) == 64
     robust = m.metrics["robustness"]
     assert robust["cad_dev_original"]["n"] == robust["cad_dev_revised"]["n"] == robust["cad_dev_pairs"]["n"] == 245
