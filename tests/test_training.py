@@ -102,6 +102,7 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
         k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache") and v else v) for k, v in m.training["config"].items()
     }
     assert "| LM pre-training (forward + backward) | 0.0 M tokens per direction" in card
+    assert "| knowledge distillation | stage two on 150 unlabelled reviews" in card
     assert "CAD dev revisions" in card and "left out of every training step: 753" in card
     summary = json.loads((trained.parent / "metrics.json").read_text())
     assert summary["export_checks"]["parity_max_abs_diff"] <= 1e-5

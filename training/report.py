@@ -215,6 +215,17 @@ def lm_row(figures: dict[str, float]) -> str:
     )
 
 
+def distill_row(figures: dict[str, float]) -> str:
+    """The card's distillation cell: none, or the teacher's validation accuracy against its members'."""
+    if not figures:
+        return "none (labelled reviews and CAD pairs only)"
+    return (
+        f"stage two on {figures['unlabelled']:,} unlabelled reviews with soft labels from an n-gram + stage-one BiLSTM teacher "
+        f"(validation: teacher {figures['val_accuracy_teacher']:.2%}, n-gram {figures['val_accuracy_ngram']:.2%}, "
+        f"stage one {figures['val_accuracy_lstm']:.2%}; teacher fitted in {figures['seconds']:.0f} s)"
+    )
+
+
 def flag(name: str, value: object) -> str:
     """One config field as the command-line flag that reproduces it (booleans are --x / --no-x, as argparse takes them)."""
     option = name.replace("_", "-")
@@ -275,6 +286,7 @@ and folded into the file. Output: calibrated P(positive).
 | CPU throughput, batch 1 / batch 64 | {speed["batch_1_reviews_per_s"]:.0f} / {speed["batch_64_reviews_per_s"]:.0f} reviews/s |
 | training time (whole run / fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]} |
 | LM pre-training (forward + backward) | {lm_row(manifest.training.get("lm_pretraining") or {})} |
+| knowledge distillation | {distill_row(manifest.training.get("distillation") or {})} |
 
 Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
 
