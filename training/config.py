@@ -52,7 +52,7 @@ class TrainConfig:
     lr_decay: float = 1.0  # discriminative learning rates: LSTM gets lr / decay, embedding lr / decay^2 (ULMFiT: 2.6)
     unfreeze: bool = False  # gradual unfreezing: epoch 1 trains the head only, epoch 2 adds the LSTM, then all
     adversarial: float = 0.0  # Miyato-style embedding perturbation radius, relative to each text's embedding norm (0 = off)
-    distill: bool = True  # stage two: train on the unlabelled reviews too, with soft labels from an n-gram + stage-one LSTM teacher (+1.2 pt test)
+    distill: bool = True  # stage two: unlabelled reviews with soft labels from an n-gram + stage-one LSTM teacher (+1.2 pt test)
     distill_epochs: int = 2  # stage-two epochs over train + unlabelled (3.3x an epoch of stage one), from stage one's weights
     distill_lr: float = 1e-3  # stage-two Adam peak: half of stage one's, since it starts from a trained model
     distill_keep_cad_share: bool = False  # scale stage two's CAD passes by its growth: +1.2 pt revisions, -0.2 val, -1.2 pairs (measured)
