@@ -259,3 +259,16 @@ def test_adversarial_term_is_the_loss_at_a_worse_point_than_a_random_one_of_the_
     noise = noise * (0.1 * x.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1))[:, None, None]
     randomised = float(torch.nn.functional.binary_cross_entropy_with_logits(model.logits_from_embeddings(x + noise, lengths), y))
     assert adversarial > randomised > 0 and adversarial > clean
+
+
+@needs_data
+def test_the_same_run_twice_gives_the_same_weights(tmp_path: Path) -> None:
+    """Reproducible retraining: word2vec on one worker with a process-independent hash, seeded torch, the same teacher."""
+    tiny = ["--data", str(DATA), "--cad-dir", str(DATA.parent / "cad"), "--limit", "150", "--epochs", "1", "--distill-epochs", "1"]
+    tiny += ["--w2v-epochs", "1", "--embed-dim", "16", "--hidden", "8", "--vocab-size", "2000", "--batch-size", "32", "--threads", "1"]
+    weights = []
+    for run in ("a", "b"):
+        assert main([*tiny, "--out", str(tmp_path / run / "m.pt")]) == 0
+        weights.append(artifact.load(tmp_path / run / "m.pt").module.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -18,7 +18,7 @@ class TrainConfig:
     out: Path = Path("models/sentiment.pt")  # where the artifact goes; model card + plots go beside it
     name: str = "imdb-bilstm"  # model name served in responses and OIP v2 routes
     version: str = "2.1.0"  # bump when the shipped model changes (2.1.0: distillation; 2.0.0: CAD pairs; 1.1.0: dense BiLSTM route)
-    seed: int = 0  # seeds python/torch and the movie split: identical runs give identical models on one machine
+    seed: int = 0  # seeds python/torch, word2vec and the movie split: identical runs (same --threads) give identical models on one machine
     device: str = "auto"  # auto = cuda if visible else cpu
     threads: int = 0  # torch intra-op threads; 0 = all cores (use 1 on a shared machine: OpenMP stragglers cost 10x)
     holdout: bool = True  # drop the robustness holdout (training/robustness-holdout.txt) from every step: contrast sets are edits of it
@@ -39,6 +39,7 @@ class TrainConfig:
     pooling: Literal["max+mean", "max", "mean", "last"] = "max+mean"  # both pools: max finds the decisive phrase, mean the overall tone
     word2vec: bool = True  # pre-train embeddings on train + 50k unlabelled reviews (never on test)
     w2v_epochs: int = 5  # gensim default; more barely moves downstream accuracy
+    w2v_workers: int = 1  # 1: the same run gives the same vectors (more threads reorder the corpus); 0 = all cores, faster
     w2v_skipgram: bool = False  # CBOW: ~3x faster than skip-gram here, and pre-training is only an initialisation
     lm: bool = (
         False  # pre-train forward + backward LSTM LMs and start the classifier from them (ULMFiT); measured not to pay at this budget

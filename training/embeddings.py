@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -12,10 +13,19 @@ from contract.vocab import PAD_ID, Vocab
 log = logging.getLogger(__name__)
 
 
+def stable_hash(text: str) -> int:
+    """gensim seeds each word's initial vector with hash(word + seed); Python's str hash differs per process, so a
+    run could not be repeated. CRC32 is the same in every process."""
+    return zlib.crc32(text.encode())
+
+
 def word2vec_matrix(
     corpus: Sequence[list[str]], vocab: Vocab, dim: int, epochs: int, skipgram: bool, seed: int, workers: int
 ) -> torch.Tensor:
-    """-> FloatTensor[V, dim]: word2vec vectors for vocabulary tokens, small noise for the rest, zeros for PAD."""
+    """-> FloatTensor[V, dim]: word2vec vectors for vocabulary tokens, small noise for the rest, zeros for PAD.
+
+    Reproducible only with workers=1: with more, gensim's threads see the corpus in a scheduling-dependent order.
+    """
     from gensim.models import Word2Vec  # heavy and train-only: imported on use
 
     w2v = Word2Vec(
@@ -28,6 +38,7 @@ def word2vec_matrix(
         epochs=epochs,
         seed=seed,
         workers=workers,
+        hashfxn=stable_hash,
         max_vocab_size=None,
     )
     g = torch.Generator().manual_seed(seed)

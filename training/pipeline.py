@@ -144,7 +144,7 @@ def train(config: TrainConfig) -> Path:
                 config.w2v_epochs,
                 config.w2v_skipgram,
                 config.seed,
-                os.cpu_count() or 1,
+                config.w2v_workers or os.cpu_count() or 1,
             )
         )
         log.info("word2vec pre-training took %.0fs", time.perf_counter() - t0)
