@@ -46,8 +46,8 @@ def hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def cad_pairs(folder: Path, config: TrainConfig, dataset: data.Dataset, encoder: TextEncoder) -> list[PairIds]:
-    """CAD train pairs as ids, minus those whose original is a validation review.
+def cad_pairs(folder: Path, config: TrainConfig, dataset: data.Dataset) -> list[cad.Pair]:
+    """CAD train pairs, minus those whose original is a validation review.
 
     Every CAD original is an IMDb train review (1,547 of the 1,707 land in our train split, 160 in
     validation); training on the 160 would leak validation into early stopping and calibration.
@@ -56,7 +56,7 @@ def cad_pairs(folder: Path, config: TrainConfig, dataset: data.Dataset, encoder:
     kept = [p for p in cad.read(folder / "train_paired.tsv") if " ".join(tokenize(p.original)) not in validation]
     kept = kept[: config.limit] if config.limit else kept
     log.info("CAD: %d train pairs (originals in validation left out)", len(kept))
-    return [PairIds(encoder.encode(p.original).ids, encoder.encode(p.revised).ids, p.original_label) for p in kept]
+    return kept
 
 
 def distill(
@@ -67,6 +67,7 @@ def distill(
     dataset: data.Dataset,
     val_ids: list[list[int]],
     pairs: list[PairIds],
+    cad_train: list[cad.Pair],
     config: TrainConfig,
     device: torch.device,
 ) -> tuple[History, dict[str, float]]:
@@ -79,8 +80,13 @@ def distill(
     val_tokens = [tokenize(r.text) for r in dataset.validation]
     lstm_val = predict_logits(model, val_ids, config.eval_batch_size, device)  # [N]
     lstm_unsup = predict_logits(model, unsup_ids, config.eval_batch_size, device)  # [M]
+    teacher_tokens, teacher_labels = list(train_tokens), [r.label for r in dataset.train]
+    if config.teacher_cad:  # the n-gram member learns the edits too ("not good", "waste"), as the BiLSTM did in stage one
+        for p in cad_train:
+            teacher_tokens += [tokenize(p.original), tokenize(p.revised)]
+            teacher_labels += [p.original_label, 1 - p.original_label]
     targets, figures = teacher.soft_labels(
-        train_tokens, [r.label for r in dataset.train], (val_tokens, lstm_val, y_val), (unsup_tokens, lstm_unsup), config.teacher_c
+        teacher_tokens, teacher_labels, (val_tokens, lstm_val, y_val), (unsup_tokens, lstm_unsup), config.teacher_c
     )
     # Optionally CAD keeps its stage-one share of each epoch (~22 % of texts; 2 passes among 3.3x as many reviews are 8 %).
     # Measured (docs/robustness.md): CAD dev revisions 86.94 -> 88.16 %, but validation, pairs, originals and short texts lower.
@@ -132,7 +138,8 @@ def train(config: TrainConfig) -> Path:
 
     train_ids = ids_of(train_tokens)
     val_ids = [encoder.encode(r.text).ids for r in dataset.validation]
-    pairs = cad_pairs(cad_folder, config, dataset, encoder) if config.cad and cad_folder else []
+    cad_train = cad_pairs(cad_folder, config, dataset) if config.cad and cad_folder else []
+    pairs = [PairIds(encoder.encode(p.original).ids, encoder.encode(p.revised).ids, p.original_label) for p in cad_train]
     model = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout, pooling=config.pooling)
     if config.word2vec:
         t0 = time.perf_counter()
@@ -163,7 +170,9 @@ def train(config: TrainConfig) -> Path:
     distillation: dict[str, float] = {}
     if config.distill:
         unsup = (unsup_tokens, ids_of(unsup_tokens))
-        history, distillation = distill(model, history, (train_tokens, train_ids), unsup, dataset, val_ids, pairs, config, device)
+        history, distillation = distill(
+            model, history, (train_tokens, train_ids), unsup, dataset, val_ids, pairs, cad_train, config, device
+        )
     del unsup_tokens
     fit_seconds = time.perf_counter() - fit_start
 
