@@ -66,6 +66,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--distill",
         "--distill-epochs",
         "1",
+        "--teacher-cad",
     ]
     assert main(argv) == 0
     return out
