@@ -31,6 +31,21 @@ class History:
     seconds: list[float] = field(default_factory=list)
     best_epoch: int = 0
 
+    def then(self, later: History) -> History:
+        """This run followed by `later` (a second stage from this one's weights): epochs and the kept one counted across both."""
+        return History(
+            self.train_loss + later.train_loss,
+            self.val_loss + later.val_loss,
+            self.val_accuracy + later.val_accuracy,
+            self.seconds + later.seconds,
+            len(self.train_loss) + later.best_epoch,
+        )
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of logits on the side of 0 their 0/1 label says. logits, labels: FloatTensor[N]."""
+    return float(((logits > 0).float() == labels).float().mean())
+
 
 def bucketed(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of indices whose lengths are similar, so little compute goes to padding.
@@ -189,7 +204,7 @@ def fit(
             bar.set_postfix(loss=f"{total / seen:.4f}")
         logits = predict_logits(model, val_ids, config.eval_batch_size, device)
         val_loss = F.binary_cross_entropy_with_logits(logits, y_val).item()
-        val_acc = ((logits > 0).float() == y_val).float().mean().item()
+        val_acc = accuracy(logits, y_val)
         history.train_loss.append(total / seen)
         history.val_loss.append(val_loss)
         history.val_accuracy.append(val_acc)

@@ -62,25 +62,23 @@ def cad_pairs(folder: Path, config: TrainConfig, dataset: data.Dataset) -> list[
 def distill(
     model: SentimentLSTM,
     stage_one: History,
-    train: tuple[list[list[str]], list[list[int]]],
+    train: tuple[list[list[str]], list[list[int]], list[int]],
     unsup: tuple[list[list[str]], list[list[int]]],
-    dataset: data.Dataset,
-    val_ids: list[list[int]],
-    pairs: list[PairIds],
+    val: tuple[list[list[str]], list[list[int]], torch.Tensor],
     cad_train: list[cad.Pair],
+    pairs: list[PairIds],
     config: TrainConfig,
     device: torch.device,
 ) -> tuple[History, dict[str, float]]:
     """Stage two: from stage one's weights, train on train (hard labels) + unlabelled (the teacher's soft labels) + CAD.
 
-    Returns both stages' history in one (the kept epoch counted across them) and the teacher's figures.
+    train = (tokens, ids, 0/1 labels), unsup = (tokens, ids), val = (tokens, ids, labels FloatTensor[N]); `cad_train`
+    are the texts of `pairs`. Returns both stages' history in one and the teacher's figures.
     """
-    (train_tokens, train_ids), (unsup_tokens, unsup_ids) = train, unsup
-    y_val = torch.tensor([float(r.label) for r in dataset.validation])
-    val_tokens = [tokenize(r.text) for r in dataset.validation]
+    (train_tokens, train_ids, train_labels), (unsup_tokens, unsup_ids), (val_tokens, val_ids, y_val) = train, unsup, val
     lstm_val = predict_logits(model, val_ids, config.eval_batch_size, device)  # [N]
     lstm_unsup = predict_logits(model, unsup_ids, config.eval_batch_size, device)  # [M]
-    teacher_tokens, teacher_labels = list(train_tokens), [r.label for r in dataset.train]
+    teacher_tokens, teacher_labels = list(train_tokens), list(train_labels)
     if config.teacher_cad:  # the n-gram member learns the edits too ("not good", "waste"), as the BiLSTM did in stage one
         for p in cad_train:
             teacher_tokens += [tokenize(p.original), tokenize(p.revised)]
@@ -91,14 +89,11 @@ def distill(
     # Optionally CAD keeps its stage-one share of each epoch (~22 % of texts; 2 passes among 3.3x as many reviews are 8 %).
     # Measured (docs/robustness.md): CAD dev revisions 86.94 -> 88.16 %, but validation, pairs, originals and short texts lower.
     grown = (len(train_ids) + len(unsup_ids)) / len(train_ids) if config.distill_keep_cad_share else 1.0
-    cad_passes = config.cad_passes * grown
-    stage_two = dataclasses.replace(config, epochs=config.distill_epochs, lr=config.distill_lr, cad_passes=cad_passes)
-    labels: list[float] = [float(r.label) for r in dataset.train] + targets
-    second = fit(model, train_ids + unsup_ids, labels, val_ids, [r.label for r in dataset.validation], stage_two, device, pairs)
-    merged = History(*(getattr(stage_one, f) + getattr(second, f) for f in ("train_loss", "val_loss", "val_accuracy", "seconds")))
-    merged.best_epoch = len(stage_one.train_loss) + second.best_epoch
+    stage_two = dataclasses.replace(config, epochs=config.distill_epochs, lr=config.distill_lr, cad_passes=config.cad_passes * grown)
+    labels: list[float] = [*map(float, train_labels), *targets]
+    second = fit(model, train_ids + unsup_ids, labels, val_ids, y_val.tolist(), stage_two, device, pairs)
     figures["val_accuracy_stage_one"] = stage_one.val_accuracy[stage_one.best_epoch - 1]
-    return merged, figures
+    return stage_one.then(second), figures
 
 
 def train(config: TrainConfig) -> Path:
@@ -166,12 +161,13 @@ def train(config: TrainConfig) -> Path:
     fit_start = time.perf_counter()
     train_labels, val_labels = [r.label for r in dataset.train], [r.label for r in dataset.validation]
     history = fit(model, train_ids, train_labels, val_ids, val_labels, config, device, pairs)
-    y_val = torch.tensor([float(r.label) for r in dataset.validation])
+    y_val = torch.tensor(val_labels, dtype=torch.float32)
     distillation: dict[str, float] = {}
     if config.distill:
         unsup = (unsup_tokens, ids_of(unsup_tokens))
+        val = ([tokenize(r.text) for r in dataset.validation], val_ids, y_val)
         history, distillation = distill(
-            model, history, (train_tokens, train_ids), unsup, dataset, val_ids, pairs, cad_train, config, device
+            model, history, (train_tokens, train_ids, train_labels), unsup, val, cad_train, pairs, config, device
         )
     del unsup_tokens
     fit_seconds = time.perf_counter() - fit_start

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from training.calibrate import fit_temperature
+from training.loop import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,6 @@ class Ensemble:
 
     def logits(self, ngram: torch.Tensor, lstm: torch.Tensor) -> torch.Tensor:
         return (ngram / self.t_ngram + lstm / self.t_lstm) / 2
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float(((logits > 0).float() == labels).float().mean())
 
 
 def soft_labels(
