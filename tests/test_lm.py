@@ -79,7 +79,7 @@ def test_cache_is_reused_when_the_key_matches_and_replaced_with_a_warning_when_n
     other_vocab = Vocab.build(texts[:10], 100, 1)
     stale = lm.cache_key(cfg, other_vocab, "data-sha", "holdout-sha")
     assert stale != key and lm.cache_key(dataclasses.replace(cfg, lm_bptt=11), vocab, "data-sha", "holdout-sha") != key
-    with caplog.at_level(logging.WARNING, logger="training.lm"):
+    with caplog.at_level(logging.WARNING, logger="training.cache"):
         _, figures = lm.pretrained(texts[:10], other_vocab, None, cfg, stale, CPU)
     assert not figures["from_cache"] and "does not match" in caplog.text
     assert torch.load(cfg.lm_cache, weights_only=True)["key"] == stale  # overwritten for the new run

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("sklearn", reason="the teacher needs the [train] extra")
 from training.loop import accuracy
-from training.teacher import Ensemble, NgramTeacher, soft_labels
+from training.teacher import Ensemble, NgramLogits, NgramTeacher, soft_labels
 
 CORPUS = [
     ("a good film , truly good", 1),
@@ -48,8 +48,9 @@ def test_ensemble_calibrates_members_so_an_overconfident_one_does_not_dominate()
 
 def test_soft_labels_are_probabilities_for_every_unlabelled_text() -> None:
     train = [tokens(t) for t, _ in CORPUS]
-    val = ([tokens("good story"), tokens("not good"), tokens("dull")], torch.tensor([1.0, -1.0, -2.0]), torch.tensor([1.0, 0.0, 0.0]))
-    unsup = ([tokens("fine and good"), tokens("dull , not good")], torch.tensor([0.5, -0.5]))
-    targets, figures = soft_labels(train, [y for _, y in CORPUS], val, unsup, c=16.0)
+    val = [tokens("good story"), tokens("not good"), tokens("dull")]
+    ngram = NgramLogits.fit(train, [y for _, y in CORPUS], val, [tokens("fine and good"), tokens("dull , not good")], c=16.0)
+    y_val = torch.tensor([1.0, 0.0, 0.0])
+    targets, figures = soft_labels(ngram, torch.tensor([1.0, -1.0, -2.0]), torch.tensor([0.5, -0.5]), y_val)
     assert len(targets) == 2 and targets[0] > 0.5 > targets[1] and all(0 < p < 1 for p in targets)
     assert figures["unlabelled"] == 2 and figures["val_accuracy_teacher"] == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 import tarfile
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     command = next(line.strip() for line in card.splitlines() if line.strip().startswith("python -m training --"))
     rebuilt = parse([*command.split()[3:], "--out", str(trained)])  # the card's command is a valid one, for the same run
     assert dataclasses.asdict(rebuilt) == {
-        k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache") and v else v) for k, v in m.training["config"].items()
+        k: (Path(v) if k in ("out", "data", "cad_dir", "lm_cache", "stage_one_cache") and v else v) for k, v in m.training["config"].items()
     }
     assert "| LM pre-training (forward + backward) | 0.0 M tokens per direction" in card
     assert "| knowledge distillation | stage two on 150 unlabelled reviews" in card
@@ -263,13 +264,27 @@ def test_adversarial_term_is_the_loss_at_a_worse_point_than_a_random_one_of_the_
 
 
 @needs_data
-def test_the_same_run_twice_gives_the_same_weights(tmp_path: Path) -> None:
-    """Reproducible retraining: word2vec on one worker with a process-independent hash, seeded torch, the same teacher."""
+def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reproducible retraining: word2vec on one worker with a process-independent hash, seeded torch, the same teacher.
+
+    Run b caches stage one, run c reads it back: the cache must give the weights a straight run gives, or stage-two
+    variants compared from it would differ for a reason other than their settings. Run d adds a second round.
+    """
     tiny = ["--data", str(DATA), "--cad-dir", str(DATA.parent / "cad"), "--limit", "150", "--epochs", "1", "--distill-epochs", "1"]
     tiny += ["--w2v-epochs", "1", "--embed-dim", "16", "--hidden", "8", "--vocab-size", "2000", "--batch-size", "32", "--threads", "1"]
+    cached = ["--stage-one-cache", str(tmp_path / "stage-one.pt")]
     weights = []
-    for run in ("a", "b"):
-        assert main([*tiny, "--out", str(tmp_path / run / "m.pt")]) == 0
-        weights.append(artifact.load(tmp_path / run / "m.pt").module.state_dict())
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for run, extra in (("a", []), ("b", cached), ("c", cached), ("d", [*cached, "--distill-rounds", "2"])):
+        with caplog.at_level(logging.INFO, logger="training.cache"):
+            caplog.clear()
+            assert main([*tiny, *extra, "--out", str(tmp_path / run / "m.pt")]) == 0
+        loaded = artifact.load(tmp_path / run / "m.pt")
+        weights.append(loaded.module.state_dict())
+        assert loaded.manifest.training["stage_one_from_cache"] == (run in "cd")
+        assert ("stage one (word2vec, LM, fit) from cache" in caplog.text) == (run in "cd")
+    assert weights[0].keys() == weights[1].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) and torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[3][k]) for k in weights[0])  # the second round trained on
+    assert "round_2_val_accuracy_teacher" in artifact.load(tmp_path / "d" / "m.pt").manifest.training["distillation"]

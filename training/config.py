@@ -49,11 +49,13 @@ class TrainConfig:
     lm_batch: int = 64  # windows per step
     lm_lr: float = 2e-3  # Adam peak, one-cycle
     lm_dropout: float = 0.1  # light: the LM is under-fitted at this budget, not over-fitted
+    stage_one_cache: Path | None = None  # stage one's weights, reused when everything before stage two matches: stage-two variants skip it
     lm_cache: Path | None = None  # cache of the LM weights; reused when data, vocab and LM settings match, else replaced
     lr_decay: float = 1.0  # discriminative learning rates: LSTM gets lr / decay, embedding lr / decay^2 (ULMFiT: 2.6)
     unfreeze: bool = False  # gradual unfreezing: epoch 1 trains the head only, epoch 2 adds the LSTM, then all
     adversarial: float = 0.0  # Miyato-style embedding perturbation radius, relative to each text's embedding norm (0 = off)
     distill: bool = True  # stage two: unlabelled reviews with soft labels from an n-gram + stage-one LSTM teacher (+1.2 pt test)
+    distill_rounds: int = 1  # rounds of stage two; each later round's BiLSTM teacher member is the previous round's student
     distill_epochs: int = 2  # stage-two epochs over train + unlabelled (3.3x an epoch of stage one), from stage one's weights
     distill_lr: float = 1e-3  # stage-two Adam peak: half of stage one's, since it starts from a trained model
     distill_keep_cad_share: bool = False  # scale stage two's CAD passes by its growth: +1.2 pt revisions, -0.2 val, -1.2 pairs (measured)

@@ -19,8 +19,6 @@ out loud and replaced.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
@@ -32,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from contract.vocab import PAD_ID, Vocab
+from training import cache
 from training.config import TrainConfig
 from training.model import SentimentLSTM
 
@@ -69,18 +68,19 @@ def stream(corpus: Sequence[list[str]], vocab: Vocab) -> torch.Tensor:
 
 
 def cache_key(config: TrainConfig, vocab: Vocab, data_sha256: str, holdout_sha256: str) -> str:
-    """sha256 of everything the LM weights depend on; a cache with another key is stale."""
-    parts = {
-        "data": data_sha256,
-        "holdout": holdout_sha256,
-        "vocab": hashlib.sha256("\n".join(vocab.tokens).encode()).hexdigest(),
-        "sizes": [config.embed_dim, config.hidden],
-        "lm": [config.lm_tokens, config.lm_bptt, config.lm_batch, config.lm_lr, config.lm_dropout],
-        "word2vec": [config.word2vec, config.w2v_epochs, config.w2v_skipgram],  # the LM starts from that embedding
-        "limit": config.limit,
-        "seed": config.seed,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    """Key of everything the LM weights depend on; a cache with another key is stale."""
+    return cache.key(
+        {
+            "data": data_sha256,
+            "holdout": holdout_sha256,
+            "vocab": cache.vocab_digest(vocab),
+            "sizes": [config.embed_dim, config.hidden],
+            "lm": [config.lm_tokens, config.lm_bptt, config.lm_batch, config.lm_lr, config.lm_dropout],
+            "word2vec": [config.word2vec, config.w2v_epochs, config.w2v_skipgram],  # the LM starts from that embedding
+            "limit": config.limit,
+            "seed": config.seed,
+        }
+    )
 
 
 def pretrain(lm: BiLM, ids: torch.Tensor, config: TrainConfig, device: torch.device) -> dict[str, float]:
@@ -132,24 +132,14 @@ def pretrained(
 ) -> tuple[BiLM, dict[str, float]]:
     """The BiLM for this run: from `config.lm_cache` when its key matches, else pre-trained (and cached)."""
     lm = BiLM(len(vocab), config.embed_dim, config.hidden, config.lm_dropout)
-    cache = config.lm_cache
-    if cache is not None and cache.exists():
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        if saved.get("key") == key:
-            lm.load_state_dict(saved["state"])
-            log.info("LM weights from cache %s (key %s…): pre-training skipped", cache, key[:12])
-            return lm, {**saved["figures"], "from_cache": True}
-        log.warning(
-            "LM cache %s does not match this run (data, vocabulary, sizes, LM settings or seed differ): pre-training again and overwriting it",
-            cache,
-        )
+    saved = cache.load(config.lm_cache, key, "LM pre-training")
+    if saved is not None:
+        lm.load_state_dict(saved["state"])
+        return lm, {**saved["figures"], "from_cache": True}
     if embedding is not None:
         lm.embedding.weight.data.copy_(embedding)  # word2vec gives the LM a head start
     figures = pretrain(lm, stream(corpus, vocab), config, device)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": key, "state": lm.cpu().state_dict(), "figures": figures}, cache)
-        log.info("LM weights cached in %s", cache)
+    cache.save(config.lm_cache, key, {"state": lm.cpu().state_dict(), "figures": figures}, "LM pre-training")
     return lm.cpu(), {**figures, "from_cache": False}
 
 

@@ -18,7 +18,7 @@ from contract.encoder import TextEncoder
 from contract.manifest import Manifest
 from contract.text import NORMALIZER_VERSION, tokenize
 from contract.vocab import Vocab
-from training import cad, data, lm, report, short_texts, teacher
+from training import cache, cad, data, lm, report, short_texts, teacher
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.embeddings import word2vec_matrix
@@ -73,27 +73,88 @@ def distill(
     """Stage two: from stage one's weights, train on train (hard labels) + unlabelled (the teacher's soft labels) + CAD.
 
     train = (tokens, ids, 0/1 labels), unsup = (tokens, ids), val = (tokens, ids, labels FloatTensor[N]); `cad_train`
-    are the texts of `pairs`. Returns both stages' history in one and the teacher's figures.
+    are the texts of `pairs`. With `distill_rounds` > 1 each round's student becomes the next round's BiLSTM member
+    (the n-gram member is fitted once). Returns every stage's history in one and the teachers' figures.
     """
     (train_tokens, train_ids, train_labels), (unsup_tokens, unsup_ids), (val_tokens, val_ids, y_val) = train, unsup, val
-    lstm_val = predict_logits(model, val_ids, config.eval_batch_size, device)  # [N]
-    lstm_unsup = predict_logits(model, unsup_ids, config.eval_batch_size, device)  # [M]
     teacher_tokens, teacher_labels = list(train_tokens), list(train_labels)
     if config.teacher_cad:  # the n-gram member learns the edits too ("not good", "waste"), as the BiLSTM did in stage one
         for p in cad_train:
             teacher_tokens += [tokenize(p.original), tokenize(p.revised)]
             teacher_labels += [p.original_label, 1 - p.original_label]
-    targets, figures = teacher.soft_labels(
-        teacher_tokens, teacher_labels, (val_tokens, lstm_val, y_val), (unsup_tokens, lstm_unsup), config.teacher_c
-    )
+    ngram = teacher.NgramLogits.fit(teacher_tokens, teacher_labels, val_tokens, unsup_tokens, config.teacher_c)
     # Optionally CAD keeps its stage-one share of each epoch (~22 % of texts; 2 passes among 3.3x as many reviews are 8 %).
     # Measured (docs/robustness.md): CAD dev revisions 86.94 -> 88.16 %, but validation, pairs, originals and short texts lower.
     grown = (len(train_ids) + len(unsup_ids)) / len(train_ids) if config.distill_keep_cad_share else 1.0
     stage_two = dataclasses.replace(config, epochs=config.distill_epochs, lr=config.distill_lr, cad_passes=config.cad_passes * grown)
-    labels: list[float] = [*map(float, train_labels), *targets]
-    second = fit(model, train_ids + unsup_ids, labels, val_ids, y_val.tolist(), stage_two, device, pairs)
-    figures["val_accuracy_stage_one"] = stage_one.val_accuracy[stage_one.best_epoch - 1]
-    return stage_one.then(second), figures
+    history, figures = stage_one, {"val_accuracy_stage_one": stage_one.val_accuracy[stage_one.best_epoch - 1]}
+    for round_ in range(1, config.distill_rounds + 1):
+        lstm_val = predict_logits(model, val_ids, config.eval_batch_size, device)  # [N]
+        lstm_unsup = predict_logits(model, unsup_ids, config.eval_batch_size, device)  # [M]
+        targets, teacher_figures = teacher.soft_labels(ngram, lstm_val, lstm_unsup, y_val)
+        prefix = "" if round_ == 1 else f"round_{round_}_"  # round one keeps the names earlier manifests used
+        figures |= {prefix + k: v for k, v in teacher_figures.items()}
+        labels: list[float] = [*map(float, train_labels), *targets]
+        history = history.then(fit(model, train_ids + unsup_ids, labels, val_ids, y_val.tolist(), stage_two, device, pairs))
+    return history, figures
+
+
+# Settings that only act after stage one: a stage-one cache stays valid when only these differ.
+AFTER_STAGE_ONE = frozenset(
+    {
+        "data",  # its sha256 is in the key instead
+        "download",
+        "out",
+        "name",
+        "version",
+        "stage_one_cache",
+        "lm_cache",
+        "distill",
+        "distill_rounds",
+        "distill_epochs",
+        "distill_lr",
+        "distill_keep_cad_share",
+        "teacher_cad",
+        "teacher_c",
+    }
+)
+
+
+def stage_one_key(config: TrainConfig, vocab: Vocab, data_sha256: str, holdout_sha256: str) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in AFTER_STAGE_ONE}
+    return cache.key({"data": data_sha256, "holdout": holdout_sha256, "vocab": cache.vocab_digest(vocab), "config": settings})
+
+
+def stage_one(
+    model: SentimentLSTM,
+    corpus: list[list[str]],
+    train: tuple[list[list[int]], list[int]],
+    val: tuple[list[list[int]], list[int]],
+    pairs: list[PairIds],
+    vocab: Vocab,
+    config: TrainConfig,
+    device: torch.device,
+    hashes: tuple[str, str],
+) -> tuple[History, dict[str, float]]:
+    """word2vec (and optionally LM) pre-training on `corpus` (train + unlabelled tokens), then the supervised fit with CAD.
+
+    hashes = (data sha256, holdout sha256), for the LM cache key. Returns the fit's history and the LM's figures.
+    """
+    if config.word2vec:
+        t0 = time.perf_counter()
+        workers = config.w2v_workers or os.cpu_count() or 1
+        matrix = word2vec_matrix(corpus, vocab, config.embed_dim, config.w2v_epochs, config.w2v_skipgram, config.seed, workers)
+        model.embedding.weight.data.copy_(matrix)
+        log.info("word2vec pre-training took %.0fs", time.perf_counter() - t0)
+    lm_figures: dict[str, float] = {}
+    if config.lm:
+        key = lm.cache_key(config, vocab, *hashes)
+        embedding = model.embedding.weight.data if config.word2vec else None
+        bilm, lm_figures = lm.pretrained(corpus, vocab, embedding, config, key, device)
+        lm.initialise(model, bilm)
+        del bilm
+    model.to(device)
+    return fit(model, *train, *val, config, device, pairs), lm_figures
 
 
 def train(config: TrainConfig) -> Path:
@@ -136,31 +197,31 @@ def train(config: TrainConfig) -> Path:
     cad_train = cad_pairs(cad_folder, config, dataset) if config.cad and cad_folder else []
     pairs = [PairIds(encoder.encode(p.original).ids, encoder.encode(p.revised).ids, p.original_label) for p in cad_train]
     model = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout, pooling=config.pooling)
-    if config.word2vec:
-        t0 = time.perf_counter()
-        model.embedding.weight.data.copy_(
-            word2vec_matrix(
-                train_tokens + unsup_tokens,
-                vocab,
-                config.embed_dim,
-                config.w2v_epochs,
-                config.w2v_skipgram,
-                config.seed,
-                config.w2v_workers or os.cpu_count() or 1,
-            )
-        )
-        log.info("word2vec pre-training took %.0fs", time.perf_counter() - t0)
-    lm_figures: dict[str, float] = {}
-    if config.lm:
-        key = lm.cache_key(config, vocab, dataset.sha256, holdout.sha256)
-        embedding = model.embedding.weight.data if config.word2vec else None
-        bilm, lm_figures = lm.pretrained(train_tokens + unsup_tokens, vocab, embedding, config, key, device)
-        lm.initialise(model, bilm)
-        del bilm
-    model.to(device)
-    fit_start = time.perf_counter()
     train_labels, val_labels = [r.label for r in dataset.train], [r.label for r in dataset.validation]
-    history = fit(model, train_ids, train_labels, val_ids, val_labels, config, device, pairs)
+    key = stage_one_key(config, vocab, dataset.sha256, holdout.sha256)
+    saved = cache.load(config.stage_one_cache, key, "stage one (word2vec, LM, fit)")
+    fit_start = time.perf_counter()
+    if saved is not None:
+        model.load_state_dict(saved["state"])
+        model.to(device)
+        history, lm_figures = History(**saved["history"]), saved["lm"]
+        torch.set_rng_state(saved["torch_rng"])  # stage two's dropout draws as it would have straight after stage one
+    else:
+        corpus, hashes = train_tokens + unsup_tokens, (dataset.sha256, holdout.sha256)
+        history, lm_figures = stage_one(
+            model, corpus, (train_ids, train_labels), (val_ids, val_labels), pairs, vocab, config, device, hashes
+        )
+        cache.save(
+            config.stage_one_cache,
+            key,
+            {
+                "state": {k: v.cpu() for k, v in model.state_dict().items()},
+                "history": dataclasses.asdict(history),
+                "lm": lm_figures,
+                "torch_rng": torch.get_rng_state(),
+            },
+            "stage one",
+        )
     y_val = torch.tensor(val_labels, dtype=torch.float32)
     distillation: dict[str, float] = {}
     if config.distill:
@@ -231,6 +292,7 @@ def train(config: TrainConfig) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
             "cad_train_pairs": len(pairs),
             "lm_pretraining": lm_figures,
+            "stage_one_from_cache": saved is not None,
             "distillation": distillation,
         },
         holdout=holdout.manifest_entry(dataset.excluded) if config.holdout else {},

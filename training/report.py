@@ -284,7 +284,7 @@ and folded into the file. Output: calibrated P(positive).
 | parameters | {manifest.training["parameters"]:,} |
 | file size | {path.stat().st_size / 1e6:.1f} MB |
 | CPU throughput, batch 1 / batch 64 | {speed["batch_1_reviews_per_s"]:.0f} / {speed["batch_64_reviews_per_s"]:.0f} reviews/s |
-| training time (whole run / fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]} |
+| training time (whole run / pre-training and fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]} |
 | LM pre-training (forward + backward) | {lm_row(manifest.training.get("lm_pretraining") or {})} |
 | knowledge distillation | {distill_row(manifest.training.get("distillation") or {})} |
 

@@ -81,31 +81,46 @@ class Ensemble:
         return (ngram / self.t_ngram + lstm / self.t_lstm) / 2
 
 
+@dataclass(frozen=True)
+class NgramLogits:
+    """The n-gram member's logits, fitted once however many distillation rounds reuse them."""
+
+    val: torch.Tensor  # [N] validation
+    unsup: torch.Tensor  # [M] unlabelled
+    features: int
+    seconds: float
+
+    @classmethod
+    def fit(
+        cls,
+        train_tokens: Sequence[list[str]],
+        train_labels: Sequence[int],
+        val_tokens: Sequence[list[str]],
+        unsup_tokens: Sequence[list[str]],
+        c: float,
+    ) -> NgramLogits:
+        start = time.perf_counter()
+        ngram = NgramTeacher(c).fit(train_tokens, train_labels)
+        val, unsup = ngram.logits(val_tokens), ngram.logits(unsup_tokens)
+        return cls(val, unsup, len(ngram.vectorizer.vocabulary_), round(time.perf_counter() - start, 1))
+
+
 def soft_labels(
-    train_tokens: Sequence[list[str]],
-    train_labels: Sequence[int],
-    val: tuple[Sequence[list[str]], torch.Tensor, torch.Tensor],
-    unsup: tuple[Sequence[list[str]], torch.Tensor],
-    c: float,
+    ngram: NgramLogits, lstm_val: torch.Tensor, lstm_unsup: torch.Tensor, y_val: torch.Tensor
 ) -> tuple[list[float], dict[str, float]]:
     """Teacher P(positive) for the unlabelled reviews, and the teacher's validation figures.
 
-    val = (tokens, stage-one LSTM logits [N], labels [N]); unsup = (tokens, stage-one LSTM logits [M]).
+    lstm_val: the BiLSTM member's validation logits [N]; lstm_unsup: its unlabelled logits [M]; y_val: labels [N].
     """
-    start = time.perf_counter()
-    ngram = NgramTeacher(c).fit(train_tokens, train_labels)
-    val_tokens, val_lstm, y_val = val
-    val_ngram = ngram.logits(val_tokens)  # [N]
-    ensemble = Ensemble.calibrated_on(val_ngram, val_lstm, y_val)
-    unsup_tokens, unsup_lstm = unsup
-    targets = torch.sigmoid(ensemble.logits(ngram.logits(unsup_tokens), unsup_lstm))  # [M]
+    ensemble = Ensemble.calibrated_on(ngram.val, lstm_val, y_val)
+    targets = torch.sigmoid(ensemble.logits(ngram.unsup, lstm_unsup))  # [M]
     figures = {
-        "val_accuracy_ngram": accuracy(val_ngram, y_val),
-        "val_accuracy_lstm": accuracy(val_lstm, y_val),
-        "val_accuracy_teacher": accuracy(ensemble.logits(val_ngram, val_lstm), y_val),
-        "ngram_features": len(ngram.vectorizer.vocabulary_),
-        "unlabelled": len(unsup_tokens),
-        "seconds": round(time.perf_counter() - start, 1),
+        "val_accuracy_ngram": accuracy(ngram.val, y_val),
+        "val_accuracy_lstm": accuracy(lstm_val, y_val),
+        "val_accuracy_teacher": accuracy(ensemble.logits(ngram.val, lstm_val), y_val),
+        "ngram_features": ngram.features,
+        "unlabelled": len(targets),
+        "seconds": ngram.seconds,
     }
     log.info("teacher: %s", figures)
     return targets.tolist(), figures
