@@ -288,3 +288,4 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
     assert all(torch.equal(weights[0][k], weights[1][k]) and torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[3][k]) for k in weights[0])  # the second round trained on
     assert "round_2_val_accuracy_teacher" in artifact.load(tmp_path / "d" / "m.pt").manifest.training["distillation"]
+    assert "; round 2: teacher " in (tmp_path / "d" / "MODEL_CARD.md").read_text()

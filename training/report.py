@@ -223,6 +223,12 @@ def distill_row(figures: dict[str, float]) -> str:
         f"stage two on {figures['unlabelled']:,} unlabelled reviews with soft labels from an n-gram + stage-one BiLSTM teacher "
         f"(validation: teacher {figures['val_accuracy_teacher']:.2%}, n-gram {figures['val_accuracy_ngram']:.2%}, "
         f"stage one {figures['val_accuracy_lstm']:.2%}; teacher fitted in {figures['seconds']:.0f} s)"
+        + "".join(
+            f"; round {r}: teacher {figures[f'round_{r}_val_accuracy_teacher']:.2%} with the round-{r - 1} student "
+            f"({figures[f'round_{r}_val_accuracy_lstm']:.2%})"
+            for r in range(2, 10)
+            if f"round_{r}_val_accuracy_teacher" in figures
+        )
     )
 
 
