@@ -284,6 +284,7 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
         weights.append(loaded.module.state_dict())
         assert loaded.manifest.training["stage_one_from_cache"] == (run in "cd")
         assert ("stage one (word2vec, LM, fit) from cache" in caplog.text) == (run in "cd")
+        assert ("(stage one from the cache" in (tmp_path / run / "MODEL_CARD.md").read_text()) == (run in "cd")
     assert weights[0].keys() == weights[1].keys() == weights[2].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) and torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[3][k]) for k in weights[0])  # the second round trained on

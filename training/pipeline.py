@@ -100,6 +100,8 @@ def distill(
     return history, figures
 
 
+STAGE_ONE = "stage one (word2vec, LM, fit)"  # what the cache's log lines call it
+
 # Settings that only act after stage one: a stage-one cache stays valid when only these differ.
 AFTER_STAGE_ONE = frozenset(
     {
@@ -200,7 +202,7 @@ def train(config: TrainConfig) -> Path:
     model = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout, pooling=config.pooling)
     train_labels, val_labels = [r.label for r in dataset.train], [r.label for r in dataset.validation]
     key = stage_one_key(config, vocab, dataset.sha256, holdout.sha256)
-    saved = cache.load(config.stage_one_cache, key, "stage one (word2vec, LM, fit)")
+    saved = cache.load(config.stage_one_cache, key, STAGE_ONE)
     fit_start = time.perf_counter()
     if saved is not None:
         model.load_state_dict(saved["state"])
@@ -221,7 +223,7 @@ def train(config: TrainConfig) -> Path:
                 "lm": lm_figures,
                 "torch_rng": torch.get_rng_state(),
             },
-            "stage one",
+            STAGE_ONE,
         )
     y_val = torch.tensor(val_labels, dtype=torch.float32)
     distillation: dict[str, float] = {}

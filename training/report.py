@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import subprocess
 import time
@@ -226,8 +227,7 @@ def distill_row(figures: dict[str, float]) -> str:
         + "".join(
             f"; round {r}: teacher {figures[f'round_{r}_val_accuracy_teacher']:.2%} with the round-{r - 1} student "
             f"({figures[f'round_{r}_val_accuracy_lstm']:.2%})"
-            for r in range(2, 10)
-            if f"round_{r}_val_accuracy_teacher" in figures
+            for r in itertools.takewhile(lambda r: f"round_{r}_val_accuracy_teacher" in figures, itertools.count(2))
         )
     )
 
@@ -290,7 +290,7 @@ and folded into the file. Output: calibrated P(positive).
 | parameters | {manifest.training["parameters"]:,} |
 | file size | {path.stat().st_size / 1e6:.1f} MB |
 | CPU throughput, batch 1 / batch 64 | {speed["batch_1_reviews_per_s"]:.0f} / {speed["batch_64_reviews_per_s"]:.0f} reviews/s |
-| training time (whole run / pre-training and fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]} |
+| training time (whole run / pre-training and fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]}{" (stage one from the cache: its time not counted)" if manifest.training.get("stage_one_from_cache") else ""} |
 | LM pre-training (forward + backward) | {lm_row(manifest.training.get("lm_pretraining") or {})} |
 | knowledge distillation | {distill_row(manifest.training.get("distillation") or {})} |
 
