@@ -290,3 +290,28 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
     assert not all(torch.equal(weights[0][k], weights[3][k]) for k in weights[0])  # the second round trained on
     assert "round_2_val_accuracy_teacher" in artifact.load(tmp_path / "d" / "m.pt").manifest.training["distillation"]
     assert "; round 2: teacher " in (tmp_path / "d" / "MODEL_CARD.md").read_text()
+
+
+def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:
+    """Stage two's --distill-ema: the kept weights are the average (here ~frozen at the first step), and the
+    validation loss in the history is that of the weights returned, not of the raw ones the optimiser moved."""
+    from training.config import TrainConfig
+    from training.loop import fit, predict_logits
+
+    rng = random.Random(0)
+    ids = [[rng.randrange(2, 50) for _ in range(rng.randrange(5, 15))] for _ in range(96)]
+    labels = [int(3 in x) for x in ids]
+    config = TrainConfig(epochs=2, batch_size=8, patience=5, lr=1e-2, seed=0)
+    torch.manual_seed(0)
+    start = SentimentLSTM(50, 8, 8, 0.0)
+    kept = {}
+    for decay in (0.0, 0.999999):
+        model = SentimentLSTM(50, 8, 8, 0.0)
+        model.load_state_dict(start.state_dict())
+        history = fit(model, ids, labels, ids[:32], labels[:32], config, torch.device("cpu"), ema=decay)
+        logits = predict_logits(model, ids[:32], 32, torch.device("cpu"))
+        returned_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels[:32], dtype=torch.float32))
+        assert float(returned_loss) == pytest.approx(history.val_loss[history.best_epoch - 1], abs=1e-6)
+        kept[decay] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    origin = torch.cat([p.detach().flatten() for p in start.parameters()])
+    assert (kept[0.999999] - origin).norm() < 0.05 * (kept[0.0] - origin).norm()

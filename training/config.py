@@ -58,6 +58,7 @@ class TrainConfig:
     distill_rounds: int = 1  # rounds of stage two; each later round's BiLSTM teacher member is the previous round's student
     distill_epochs: int = 2  # stage-two epochs over train + unlabelled (3.3x an epoch of stage one), from stage one's weights
     distill_lr: float = 1e-3  # stage-two Adam peak: half of stage one's, since it starts from a trained model
+    distill_ema: float = 0.0  # stage two validates and keeps a moving average of its weights with this decay (0 = off): Polyak averaging
     distill_keep_cad_share: bool = True  # CAD keeps its stage-one share of stage two: revisions 86.5 -> 89.0 %, pairs 79.2 -> 82.4, val loss 0.206 -> 0.211 (robustness.md)
     teacher_cad: bool = False  # fit the n-gram teacher on the CAD pairs too: measured, won 2 of 6 dev criteria (robustness.md)
     teacher_c: float = 16.0  # the n-gram teacher's inverse L2 strength: 4 / 16 gave 91.56 / 91.86 % on validation

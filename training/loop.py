@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from contract.vocab import head_tail, pad_batch
@@ -159,8 +160,12 @@ def fit(
     config: TrainConfig,
     device: torch.device,
     pairs: Sequence[PairIds] = (),
+    ema: float = 0.0,
 ) -> History:
     """Train in place; on return the model holds the weights of the best validation-loss epoch.
+
+    With `ema` > 0 (a decay) those are the weights' exponential moving average (Polyak averaging, as AWD-LSTM's
+    averaged SGD): validation judges the average, and the raw weights only carry the optimisation on.
 
     CAD `pairs` get batches of their own (both members together, so the pairwise term sees them),
     shuffled among the IMDb batches: one schedule, one optimizer, not a fine-tune bolted on after.
@@ -176,6 +181,8 @@ def fit(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(steps, 3), pct_start=min(warmup, 0.5))
     y_val = torch.tensor(val_labels, dtype=torch.float32)
     history, best_loss, best_state, stale = History(), math.inf, copy.deepcopy(model.state_dict()), 0
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
+    judged: SentimentLSTM = averaged.module if averaged else model  # the weights validation sees and the fit keeps
     for epoch in range(1, config.epochs + 1):
         start, total, seen = time.perf_counter(), 0.0, 0
         model.train()
@@ -200,9 +207,11 @@ def fit(
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
             schedule.step()
+            if averaged:
+                averaged.update_parameters(model)
             total, seen = total + loss.item() * len(batch), seen + len(batch)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-        logits = predict_logits(model, val_ids, config.eval_batch_size, device)
+        logits = predict_logits(judged, val_ids, config.eval_batch_size, device)
         val_loss = F.binary_cross_entropy_with_logits(logits, y_val).item()
         val_acc = accuracy(logits, y_val)
         history.train_loss.append(total / seen)
@@ -218,7 +227,7 @@ def fit(
             history.seconds[-1],
         )
         if val_loss < best_loss:
-            best_loss, best_state, stale, history.best_epoch = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
+            best_loss, best_state, stale, history.best_epoch = val_loss, copy.deepcopy(judged.state_dict()), 0, epoch
         else:
             stale += 1
             if stale >= config.patience:

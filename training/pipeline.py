@@ -96,7 +96,9 @@ def distill(
         prefix = "" if round_ == 1 else f"round_{round_}_"  # round one keeps the names earlier manifests used
         figures |= {prefix + k: v for k, v in teacher_figures.items()}
         labels: list[float] = [*map(float, train_labels), *targets]
-        history = history.then(fit(model, train_ids + unsup_ids, labels, val_ids, y_val.tolist(), stage_two, device, pairs))
+        history = history.then(
+            fit(model, train_ids + unsup_ids, labels, val_ids, y_val.tolist(), stage_two, device, pairs, config.distill_ema)
+        )
     return history, figures
 
 
@@ -116,6 +118,7 @@ AFTER_STAGE_ONE = frozenset(
         "distill_rounds",
         "distill_epochs",
         "distill_lr",
+        "distill_ema",
         "distill_keep_cad_share",
         "teacher_cad",
         "teacher_c",
