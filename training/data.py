@@ -12,9 +12,10 @@ import hashlib
 import re
 import tarfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from contract.artifact import file_sha256
 
@@ -92,6 +93,12 @@ def _validation_movie(movie: str, fraction: float, seed: int) -> bool:
     """A stable per-movie coin flip: the same films are held out on every machine."""
     h = int.from_bytes(hashlib.sha256(f"{seed}:{movie}".encode()).digest()[:8], "big")
     return h / 2**64 < fraction
+
+
+def split_seed(config: Mapping[str, Any]) -> int:
+    """The movie split's seed from a run's config (a manifest's, or TrainConfig as a dict): split_seed, else seed."""
+    chosen = config.get("split_seed")
+    return int(config.get("seed", 0) if chosen is None else chosen)
 
 
 def load(

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = data.load(
             data.find(args.data),
             float(config.get("validation_fraction", 0.1)),
-            int(config.get("seed", 0)),
+            data.split_seed(config),
             args.limit,
             Holdout.read().paths,
         )

@@ -154,7 +154,7 @@ def validation_texts(manifest: Manifest, data_path: Path | None, n: int = 256) -
     from training import data
 
     config = manifest.training.get("config", {})
-    dataset = data.load(data.find(data_path, False), config.get("validation_fraction", 0.1), config.get("seed", 0))
+    dataset = data.load(data.find(data_path, False), config.get("validation_fraction", 0.1), data.split_seed(config))
     return [r.text for r in dataset.validation[:n]]
 
 

@@ -178,7 +178,7 @@ def train(config: TrainConfig) -> Path:
         cad.read(cad_folder / "dev_paired.tsv") if cad_folder else []
     )  # read first: a missing file fails in a second, not after the data
     holdout = Holdout.read() if config.holdout else Holdout.none()
-    dataset = data.load(path, config.validation_fraction, config.seed, config.limit, holdout.paths)
+    dataset = data.load(path, config.validation_fraction, data.split_seed(dataclasses.asdict(config)), config.limit, holdout.paths)
     log.info(
         "train %d, validation %d, test %d, unlabelled %d; %d robustness-holdout reviews left out",
         len(dataset.train),
