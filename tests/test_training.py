@@ -319,12 +319,13 @@ def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:
 
 @needs_data
 def test_split_seed_keeps_the_validation_set_while_the_seed_varies() -> None:
-    """Runs of other initialisations must be judged on one validation set; without --split-seed the seed draws the split."""
+    """Runs of other initialisations must be judged on one validation set; with --split-seed none the seed draws the split."""
 
     def split(argv: list[str]) -> list[str]:
         config = dataclasses.asdict(parse(argv))
         return [r.text for r in data.load(DATA, 0.1, data.split_seed(config), 40).validation]
 
-    assert split(["--seed", "3", "--split-seed", "0"]) == split(["--seed", "0"])
-    assert split(["--seed", "3"]) != split(["--seed", "0"])
+    assert split(["--seed", "3"]) == split(["--seed", "0", "--split-seed", "0"])  # the default split is seed 0's
+    assert split(["--seed", "3", "--split-seed", "none"]) != split(["--seed", "0", "--split-seed", "none"])
+    assert parse(["--split-seed", "none"]).split_seed is None and parse(["--limit", "7"]).limit == 7
     assert data.split_seed({"seed": 3}) == 3 and data.split_seed({"seed": 3, "split_seed": None}) == 3  # old manifests

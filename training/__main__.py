@@ -15,6 +15,16 @@ from training.data import DataError
 from training.export import ExportCheckError
 
 
+def optional(base: typing.Callable[[str], object]) -> typing.Callable[[str], object]:
+    """`base`, or None for the word "none"."""
+
+    def parse_value(text: str) -> object:
+        return None if text.lower() == "none" else base(text)
+
+    parse_value.__name__ = getattr(base, "__name__", "value")  # argparse names the type in its error message
+    return parse_value
+
+
 def parse(argv: list[str] | None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m training", description="Train and export the IMDb sentiment model.")
     hints = typing.get_type_hints(TrainConfig)
@@ -26,8 +36,11 @@ def parse(argv: list[str] | None) -> TrainConfig:
         elif typing.get_origin(kind) is typing.Literal:
             parser.add_argument(flag, choices=typing.get_args(kind), default=f.default, help=f"default: {f.default}")
         else:
-            base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-            parser.add_argument(flag, type=base, default=f.default, help=f"default: {f.default}")
+            args = typing.get_args(kind)
+            base = next((a for a in args if a is not type(None)), kind)
+            # an optional field takes "none" too: its default may be a value (--split-seed 0) that a run wants unset
+            parse_value = optional(base) if type(None) in args else base
+            parser.add_argument(flag, type=parse_value, default=f.default, help=f"default: {f.default}")
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 
