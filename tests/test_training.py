@@ -291,6 +291,17 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
     assert "round_2_val_accuracy_teacher" in artifact.load(tmp_path / "d" / "m.pt").manifest.training["distillation"]
     assert "; round 2: teacher " in (tmp_path / "d" / "MODEL_CARD.md").read_text()
 
+    # Run e: a teacher of two BiLSTMs. The extra member trains in a forked RNG, so the student's stage one is run a's.
+    assert main([*tiny, "--teacher-lstms", "2", "--out", str(tmp_path / "e" / "m.pt")]) == 0
+    history_a, history_e = (json.loads((tmp_path / run / "metrics.json").read_text())["history"] for run in "ae")
+    stage_one_epoch = ("train_loss", "val_loss", "val_accuracy")
+    assert [history_a[k][0] for k in stage_one_epoch] == [history_e[k][0] for k in stage_one_epoch]
+    loaded = artifact.load(tmp_path / "e" / "m.pt")
+    assert not all(torch.equal(weights[0][k], v) for k, v in loaded.module.state_dict().items())  # another teacher
+    figures = loaded.manifest.training["distillation"]
+    assert 0 <= figures["val_accuracy_lstm_member_2"] <= 1 and "val_accuracy_lstm_member_3" not in figures
+    assert "as the mean of 2 BiLSTMs (the others alone: " in (tmp_path / "e" / "MODEL_CARD.md").read_text()
+
 
 def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:
     """Stage two's --distill-ema: the kept weights are the average (here ~frozen at the first step), and the

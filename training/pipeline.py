@@ -25,7 +25,7 @@ from training.embeddings import word2vec_matrix
 from training.evaluate import metrics, robustness
 from training.export import export
 from training.holdout import Holdout
-from training.loop import History, PairIds, fit, predict_logits
+from training.loop import History, PairIds, accuracy, fit, predict_logits
 from training.model import SentimentLSTM
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,13 @@ def distill(
     pairs: list[PairIds],
     config: TrainConfig,
     device: torch.device,
+    members: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[History, dict[str, float]]:
     """Stage two: from stage one's weights, train on train (hard labels) + unlabelled (the teacher's soft labels) + CAD.
 
     train = (tokens, ids, 0/1 labels), unsup = (tokens, ids), val = (tokens, ids, labels FloatTensor[N]); `cad_train`
-    are the texts of `pairs`. With `distill_rounds` > 1 each round's student becomes the next round's BiLSTM member
+    are the texts of `pairs`; `members` are the other BiLSTM members' (validation [N], unlabelled [M]) logits, averaged
+    with the student's. With `distill_rounds` > 1 each round's student becomes the next round's BiLSTM member
     (the n-gram member is fitted once). Returns every stage's history in one and the teachers' figures.
     """
     (train_tokens, train_ids, train_labels), (unsup_tokens, unsup_ids), (val_tokens, val_ids, y_val) = train, unsup, val
@@ -89,9 +91,13 @@ def distill(
     grown = (len(train_ids) + len(unsup_ids)) / len(train_ids) if config.distill_keep_cad_share else 1.0
     stage_two = dataclasses.replace(config, epochs=config.distill_epochs, lr=config.distill_lr, cad_passes=config.cad_passes * grown)
     history, figures = stage_one, {"val_accuracy_stage_one": stage_one.val_accuracy[stage_one.best_epoch - 1]}
+    for i, (member_val, _) in enumerate(members, start=2):
+        figures[f"val_accuracy_lstm_member_{i}"] = accuracy(member_val, y_val)
     for round_ in range(1, config.distill_rounds + 1):
-        lstm_val = predict_logits(model, val_ids, config.eval_batch_size, device)  # [N]
-        lstm_unsup = predict_logits(model, unsup_ids, config.eval_batch_size, device)  # [M]
+        lstm_val = torch.stack([predict_logits(model, val_ids, config.eval_batch_size, device), *(v for v, _ in members)]).mean(0)  # [N]
+        lstm_unsup = torch.stack([predict_logits(model, unsup_ids, config.eval_batch_size, device), *(u for _, u in members)]).mean(
+            0
+        )  # [M]
         targets, teacher_figures = teacher.soft_labels(ngram, lstm_val, lstm_unsup, y_val)
         prefix = "" if round_ == 1 else f"round_{round_}_"  # round one keeps the names earlier manifests used
         figures |= {prefix + k: v for k, v in teacher_figures.items()}
@@ -122,6 +128,7 @@ AFTER_STAGE_ONE = frozenset(
         "distill_keep_cad_share",
         "teacher_cad",
         "teacher_c",
+        "teacher_lstms",  # its extra members are stage ones of their own, trained after the cached one
     }
 )
 
@@ -161,6 +168,46 @@ def stage_one(
         del bilm
     model.to(device)
     return fit(model, *train, *val, config, device, pairs), lm_figures
+
+
+def teacher_members(
+    corpus: list[list[str]],
+    train: tuple[list[list[int]], list[int]],
+    val: tuple[list[list[int]], list[int]],
+    unsup_ids: list[list[int]],
+    pairs: list[PairIds],
+    vocab: Vocab,
+    config: TrainConfig,
+    device: torch.device,
+    hashes: tuple[str, str],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The teacher's extra BiLSTM members: stage one again with seeds seed+1 .. seed+K-1 -> (validation [N], unlabelled [M])
+    logits each.
+
+    Why: members that differ in initialisation, word2vec and batch order err on different reviews, so their mean is a
+    better teacher than one; only the student is shipped, so serving cost does not change. Each member runs in a forked
+    RNG, so the student's own draws (and so `--teacher-lstms 1`) are those of a run without members.
+    """
+    members = []
+    for i in range(1, config.teacher_lstms):
+        member_config = dataclasses.replace(config, seed=config.seed + i)
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
+            torch.manual_seed(member_config.seed)
+            member = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout, pooling=config.pooling)
+            stage_one(member, corpus, train, val, pairs, vocab, member_config, device, hashes)
+        logits = (
+            predict_logits(member, val[0], config.eval_batch_size, device),
+            predict_logits(member, unsup_ids, config.eval_batch_size, device),
+        )
+        log.info(
+            "teacher member %d of %d (seed %d): validation accuracy %.4f",
+            i + 1,
+            config.teacher_lstms,
+            member_config.seed,
+            accuracy(logits[0], torch.tensor(val[1], dtype=torch.float32)),
+        )
+        members.append(logits)
+    return members
 
 
 def train(config: TrainConfig) -> Path:
@@ -232,9 +279,20 @@ def train(config: TrainConfig) -> Path:
     distillation: dict[str, float] = {}
     if config.distill:
         unsup = (unsup_tokens, ids_of(unsup_tokens))
+        members = teacher_members(
+            train_tokens + unsup_tokens,
+            (train_ids, train_labels),
+            (val_ids, val_labels),
+            unsup[1],
+            pairs,
+            vocab,
+            config,
+            device,
+            (dataset.sha256, holdout.sha256),
+        )
         val = ([tokenize(r.text) for r in dataset.validation], val_ids, y_val)
         history, distillation = distill(
-            model, history, (train_tokens, train_ids, train_labels), unsup, val, cad_train, pairs, config, device
+            model, history, (train_tokens, train_ids, train_labels), unsup, val, cad_train, pairs, config, device, members
         )
     del unsup_tokens
     fit_seconds = time.perf_counter() - fit_start

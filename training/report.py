@@ -216,6 +216,15 @@ def lm_row(figures: dict[str, float]) -> str:
     )
 
 
+def members_note(figures: dict[str, float]) -> str:
+    """With --teacher-lstms K > 1 the stage-one figure is the K BiLSTMs' mean; name the extra members' own."""
+    extra = [
+        figures[f"val_accuracy_lstm_member_{i}"]
+        for i in itertools.takewhile(lambda i: f"val_accuracy_lstm_member_{i}" in figures, itertools.count(2))
+    ]
+    return f" as the mean of {len(extra) + 1} BiLSTMs (the others alone: {', '.join(f'{a:.2%}' for a in extra)})" if extra else ""
+
+
 def distill_row(figures: dict[str, float]) -> str:
     """The card's distillation cell: none, or the teacher's validation accuracy against its members'."""
     if not figures:
@@ -223,7 +232,7 @@ def distill_row(figures: dict[str, float]) -> str:
     return (
         f"stage two on {figures['unlabelled']:,} unlabelled reviews with soft labels from an n-gram + stage-one BiLSTM teacher "
         f"(validation: teacher {figures['val_accuracy_teacher']:.2%}, n-gram {figures['val_accuracy_ngram']:.2%}, "
-        f"stage one {figures['val_accuracy_lstm']:.2%}; teacher fitted in {figures['seconds']:.0f} s)"
+        f"stage one {figures['val_accuracy_lstm']:.2%}{members_note(figures)}; teacher fitted in {figures['seconds']:.0f} s)"
         + "".join(
             f"; round {r}: teacher {figures[f'round_{r}_val_accuracy_teacher']:.2%} with the round-{r - 1} student "
             f"({figures[f'round_{r}_val_accuracy_lstm']:.2%})"
