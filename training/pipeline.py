@@ -93,11 +93,14 @@ def distill(
     history, figures = stage_one, {"val_accuracy_stage_one": stage_one.val_accuracy[stage_one.best_epoch - 1]}
     for i, (member_val, _) in enumerate(members, start=2):
         figures[f"val_accuracy_lstm_member_{i}"] = accuracy(member_val, y_val)
+        log.info("teacher BiLSTM member %d: validation accuracy %.4f", i, figures[f"val_accuracy_lstm_member_{i}"])
+
+    def lstm_logits(ids: list[list[int]], part: int) -> torch.Tensor:
+        """The teacher's BiLSTM logits: the student's, averaged with the members' (part 0: validation, 1: unlabelled)."""
+        return torch.stack([predict_logits(model, ids, config.eval_batch_size, device), *(m[part] for m in members)]).mean(0)
+
     for round_ in range(1, config.distill_rounds + 1):
-        lstm_val = torch.stack([predict_logits(model, val_ids, config.eval_batch_size, device), *(v for v, _ in members)]).mean(0)  # [N]
-        lstm_unsup = torch.stack([predict_logits(model, unsup_ids, config.eval_batch_size, device), *(u for _, u in members)]).mean(
-            0
-        )  # [M]
+        lstm_val, lstm_unsup = lstm_logits(val_ids, 0), lstm_logits(unsup_ids, 1)  # [N], [M]
         targets, teacher_figures = teacher.soft_labels(ngram, lstm_val, lstm_unsup, y_val)
         prefix = "" if round_ == 1 else f"round_{round_}_"  # round one keeps the names earlier manifests used
         figures |= {prefix + k: v for k, v in teacher_figures.items()}
@@ -195,18 +198,13 @@ def teacher_members(
             torch.manual_seed(member_config.seed)
             member = SentimentLSTM(len(vocab), config.embed_dim, config.hidden, config.dropout, pooling=config.pooling)
             stage_one(member, corpus, train, val, pairs, vocab, member_config, device, hashes)
-        logits = (
-            predict_logits(member, val[0], config.eval_batch_size, device),
-            predict_logits(member, unsup_ids, config.eval_batch_size, device),
+        log.info("teacher BiLSTM member %d of %d (seed %d) trained", i + 1, config.teacher_lstms, member_config.seed)
+        members.append(
+            (
+                predict_logits(member, val[0], config.eval_batch_size, device),
+                predict_logits(member, unsup_ids, config.eval_batch_size, device),
+            )
         )
-        log.info(
-            "teacher member %d of %d (seed %d): validation accuracy %.4f",
-            i + 1,
-            config.teacher_lstms,
-            member_config.seed,
-            accuracy(logits[0], torch.tensor(val[1], dtype=torch.float32)),
-        )
-        members.append(logits)
     return members
 
 
