@@ -62,6 +62,7 @@ class TrainConfig:
     distill_epochs: int = 2  # stage-two epochs over train + unlabelled (3.3x an epoch of stage one), from stage one's weights
     distill_lr: float = 1e-3  # stage-two Adam peak: half of stage one's, since it starts from a trained model
     distill_ema: float = 0.0  # stage two validates and keeps a moving average of its weights with this decay (0 = off): Polyak averaging
+    distill_windows: float = 0.0  # random windows per unlabelled review added to stage two's transfer set, each labelled by the teacher on the window itself (training/windows.py); 0 = off
     distill_keep_cad_share: bool = True  # CAD keeps its stage-one share of stage two: revisions 86.5 -> 89.0 %, pairs 79.2 -> 82.4, val loss 0.206 -> 0.211 (robustness.md)
     teacher_cad: bool = False  # fit the n-gram teacher on the CAD pairs too: measured, won 2 of 6 dev criteria (robustness.md)
     teacher_lstms: int = 1  # BiLSTM members of the teacher: stage one's + K-1 more stage ones (seeds +1..), logits averaged; 3: teacher +0.17 pt, student val loss 0.206 -> 0.208 (robustness.md)

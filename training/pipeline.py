@@ -18,7 +18,7 @@ from contract.encoder import TextEncoder
 from contract.manifest import Manifest
 from contract.text import NORMALIZER_VERSION, tokenize
 from contract.vocab import Vocab
-from training import cache, cad, data, lm, report, short_texts, teacher
+from training import cache, cad, data, lm, report, short_texts, teacher, windows
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.embeddings import word2vec_matrix
@@ -128,6 +128,7 @@ AFTER_STAGE_ONE = frozenset(
         "distill_epochs",
         "distill_lr",
         "distill_ema",
+        "distill_windows",
         "distill_keep_cad_share",
         "teacher_cad",
         "teacher_c",
@@ -276,7 +277,11 @@ def train(config: TrainConfig) -> Path:
     y_val = torch.tensor(val_labels, dtype=torch.float32)
     distillation: dict[str, float] = {}
     if config.distill:
-        unsup = (unsup_tokens, ids_of(unsup_tokens))
+        # the windows join the unlabelled reviews: the teacher labels them and the student learns them alike
+        transfer = unsup_tokens + windows.windows(unsup_tokens, config.distill_windows, config.seed)
+        if config.distill_windows:
+            log.info("stage two: %d unlabelled reviews + %d random windows", len(unsup_tokens), len(transfer) - len(unsup_tokens))
+        unsup = (transfer, ids_of(transfer))
         members = teacher_members(
             train_tokens + unsup_tokens,
             (train_ids, train_labels),
