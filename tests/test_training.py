@@ -86,7 +86,8 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     assert m.training["cad_train_pairs"] == 150  # --limit caps the CAD pairs too
     assert m.training["lm_pretraining"]["steps"] == 25 and not m.training["lm_pretraining"]["from_cache"]  # 4000 / (8 x 20)
     teacher = m.training["distillation"]
-    assert teacher["unlabelled"] == 150 and teacher["ngram_features"] > 0 and 0 <= teacher["val_accuracy_teacher"] <= 1
+    assert teacher["unlabelled"] == 300 and teacher["windows"] == 150  # 150 reviews + one random window of each (default)
+    assert teacher["ngram_features"] > 0 and 0 <= teacher["val_accuracy_teacher"] <= 1
     assert len(json.loads((trained.parent / "metrics.json").read_text())["history"]["val_loss"]) == 2  # stage one + stage two
     assert m.holdout["reviews_dropped"] == 753 and m.holdout["listed"] == 753 and len(m.holdout["sha256"]) == 64
     robust = m.metrics["robustness"]
@@ -301,6 +302,18 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
     figures = loaded.manifest.training["distillation"]
     assert 0 <= figures["val_accuracy_lstm_member_2"] <= 1 and "val_accuracy_lstm_member_3" not in figures
     assert "as the mean of 2 BiLSTMs (the others alone: " in (tmp_path / "e" / "MODEL_CARD.md").read_text()
+
+    # Run f: without the random windows (on by default); stage one is run a's, the teacher labels half as many texts.
+    assert main([*tiny, "--distill-windows", "0", "--out", str(tmp_path / "f" / "m.pt")]) == 0
+    history_f = json.loads((tmp_path / "f" / "metrics.json").read_text())["history"]
+    assert [history_a[k][0] for k in stage_one_epoch] == [history_f[k][0] for k in stage_one_epoch]
+    loaded = artifact.load(tmp_path / "f" / "m.pt")
+    assert not all(torch.equal(weights[0][k], v) for k, v in loaded.module.state_dict().items())  # fewer transfer texts
+    with_windows, without = (artifact.load(tmp_path / run / "m.pt").manifest.training["distillation"] for run in "af")
+    assert with_windows["unlabelled"] == 2 * without["unlabelled"] and with_windows["windows"] == without["unlabelled"]
+    assert without["windows"] == 0
+    card_a, card_f = ((tmp_path / run / "MODEL_CARD.md").read_text() for run in "af")
+    assert f"and {with_windows['windows']:,} random windows of them" in card_a and "random windows" not in card_f
 
 
 def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:

@@ -17,8 +17,8 @@ class TrainConfig:
     download: bool = False  # fetch the official tarball (sha256-verified) if no local copy is found
     out: Path = Path("models/sentiment.pt")  # where the artifact goes; model card + plots go beside it
     name: str = "imdb-bilstm"  # model name served in responses and OIP v2 routes
-    version: str = "2.2.1"  # bump when the shipped model changes (2.2.1: seed 2 on split 0, chosen by validation loss; 2.2.0: CAD keeps its share in stage two; 2.1.0: distillation; 2.0.0: CAD pairs; 1.1.0: dense BiLSTM route)
-    seed: int = 2  # seeds python/torch, word2vec and (without split_seed) the movie split: identical runs (same --threads) give identical models on one machine
+    version: str = "2.3.0"  # bump when the shipped model changes (2.3.0: random windows in stage two, seed 1; 2.2.1: seed 2 on split 0, chosen by validation loss; 2.2.0: CAD keeps its share in stage two; 2.1.0: distillation; 2.0.0: CAD pairs; 1.1.0: dense BiLSTM route)
+    seed: int = 1  # seeds python/torch, word2vec, the windows and (without split_seed) the movie split: identical runs (same --threads) give identical models on one machine
     split_seed: int | None = (
         0  # the movie split's own seed (None: --seed); fixed at 0, runs of other --seed are judged on one validation set
     )
@@ -62,7 +62,7 @@ class TrainConfig:
     distill_epochs: int = 2  # stage-two epochs over train + unlabelled (3.3x an epoch of stage one), from stage one's weights
     distill_lr: float = 1e-3  # stage-two Adam peak: half of stage one's, since it starts from a trained model
     distill_ema: float = 0.0  # stage two validates and keeps a moving average of its weights with this decay (0 = off): Polyak averaging
-    distill_windows: float = 0.0  # random windows per unlabelled review added to stage two's transfer set, each labelled by the teacher on the window itself (training/windows.py); 0 = off
+    distill_windows: float = 1.0  # random windows per unlabelled review added to stage two's transfer set, each labelled by the teacher on the window itself (training/windows.py): calibrated validation NLL lower in 5 of 5 paired runs (robustness.md); +4 min
     distill_keep_cad_share: bool = True  # CAD keeps its stage-one share of stage two: revisions 86.5 -> 89.0 %, pairs 79.2 -> 82.4, val loss 0.206 -> 0.211 (robustness.md)
     teacher_cad: bool = False  # fit the n-gram teacher on the CAD pairs too: measured, won 2 of 6 dev criteria (robustness.md)
     teacher_lstms: int = 1  # BiLSTM members of the teacher: stage one's + K-1 more stage ones (seeds +1..), logits averaged; 3: teacher +0.17 pt, student val loss 0.206 -> 0.208 (robustness.md)

@@ -297,6 +297,7 @@ def train(config: TrainConfig) -> Path:
         history, distillation = distill(
             model, history, (train_tokens, train_ids, train_labels), unsup, val, cad_train, pairs, config, device, members
         )
+        distillation["windows"] = len(transfer) - len(unsup_tokens)
     del unsup_tokens
     fit_seconds = time.perf_counter() - fit_start
 

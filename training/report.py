@@ -229,8 +229,11 @@ def distill_row(figures: dict[str, float]) -> str:
     """The card's distillation cell: none, or the teacher's validation accuracy against its members'."""
     if not figures:
         return "none (labelled reviews and CAD pairs only)"
+    windows = int(figures.get("windows", 0))  # --distill-windows: they are counted among the unlabelled texts
     return (
-        f"stage two on {figures['unlabelled']:,} unlabelled reviews with soft labels from an n-gram + stage-one BiLSTM teacher "
+        f"stage two on {int(figures['unlabelled']) - windows:,} unlabelled reviews"
+        + (f" and {windows:,} random windows of them" if windows else "")
+        + " with soft labels from an n-gram + stage-one BiLSTM teacher "
         f"(validation: teacher {figures['val_accuracy_teacher']:.2%}, n-gram {figures['val_accuracy_ngram']:.2%}, "
         f"stage one {figures['val_accuracy_lstm']:.2%}{members_note(figures)}; teacher fitted in {figures['seconds']:.0f} s)"
         + "".join(
