@@ -1,6 +1,6 @@
 """One frozen training config; every field says why it has its value.
 
-Defaults reproduce the shipped model. `python -m training --help` lists them
+Defaults are the shipped model's recipe. `python -m training --help` lists them
 all as flags, so a run is fully described by its command line.
 """
 
