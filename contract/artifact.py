@@ -2,11 +2,13 @@
 
 The loader verifies everything before a model may serve: the file exists and
 is TorchScript, the normalizer version is one this code implements, and the
-weights and vocabulary hash to what the manifest says.
+weights and vocabulary hash to what the manifest says. It also picks the
+file's precision route (fp32, or bf16 where the file has one: training/model.py).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import warnings
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from contract.device import resolve_precision
 from contract.encoder import TextEncoder
 from contract.manifest import FORMAT_VERSION, Manifest
 from contract.text import KNOWN_NORMALIZER_VERSIONS
@@ -47,6 +50,7 @@ class Artifact:
     vocab: Vocab
     manifest: Manifest
     file_sha256: str
+    precision: str = "fp32"  # the route `module` runs: "fp32" or "bf16" (see `place`)
 
     @property
     def encoder(self) -> TextEncoder:
@@ -85,8 +89,44 @@ def save(module: torch.jit.ScriptModule, vocab: Vocab, manifest: Manifest, path:
     return final
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
-    """Load and verify a model file, then move it to `device`. Raises ArtifactError with a one-line reason."""
+def has_bf16_route(module: torch.nn.Module) -> bool:
+    """Whether the file's code has the bf16 route (files exported before it do not)."""
+    return hasattr(module, "set_precision")
+
+
+def choose_precision(module: torch.nn.Module, precision: str, device: torch.device) -> str:
+    """ "auto" | "fp32" | "bf16" -> the route `module` will run on `device`; "auto" falls back to fp32 on a file without a bf16
+    route, an explicit "bf16" is refused there (ArtifactError)."""
+    try:
+        chosen = resolve_precision(precision, device)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
+    if chosen == "bf16" and not has_bf16_route(module):
+        if precision == "auto":
+            return "fp32"
+        raise ArtifactError("this model file has no bf16 route: re-export it (python -m training.export --reexport) or use precision fp32")
+    return chosen
+
+
+def place(loaded: Artifact, device: str | torch.device, precision: str) -> Artifact:
+    """`loaded` on `device` running `precision` ("auto" | "fp32" | "bf16").
+
+    The module moves in place (as torch's `.to` does); a different precision gets
+    a copy of the module, so that other holders of `loaded` keep theirs.
+    """
+    device = torch.device(device)
+    module = loaded.module.to(device)
+    chosen = choose_precision(module, precision, device)
+    if chosen != loaded.precision:
+        module = copy.deepcopy(module)
+    if has_bf16_route(module):
+        module.set_precision(chosen)  # (re)builds the bf16 weight cache on `device`
+    return dataclasses.replace(loaded, module=module, precision=chosen)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", precision: str = "fp32") -> Artifact:
+    """Load and verify a model file, then move it to `device` and pick its route: precision "fp32" (exact, the default),
+    "bf16" or "auto" (`contract.device.resolve_precision`). Raises ArtifactError with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"model file not found: {path}")
@@ -120,4 +160,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
     module.eval()
     for parameter in module.parameters():  # serving never trains; explain() differentiates w.r.t. inputs only
         parameter.requires_grad_(False)
-    return Artifact(module.to(device), vocab, manifest, file_sha256(path))
+    device = torch.device(device)
+    module = module.to(device)
+    chosen = choose_precision(module, precision, device)
+    if has_bf16_route(module):
+        module.set_precision(chosen)  # whatever the file was saved with, this loader picks
+    return Artifact(module, vocab, manifest, file_sha256(path), chosen)

@@ -1,16 +1,20 @@
-"""Where inference runs: the device, and how many batches run at once on how many torch threads.
+"""Where inference runs: the device, its precision, and how many batches run at once on how many torch threads.
 
-Shared by the service's runner and bulk scoring, so `--threads/--workers` mean
-the same in both and one measurement decides the defaults for both.
+Shared by the service's runner and bulk scoring, so `--threads/--workers` and
+`--precision` mean the same in both and one measurement decides the defaults for both.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+PRECISIONS = ("fp32", "bf16")  # the model's routes (training/model.py); "auto" resolves to one of them
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of CPUs with native bf16 dot products
+CPUINFO = Path("/proc/cpuinfo")
 MAX_AUTO_WORKERS = 4  # beyond this, more threads per batch rather than more batches (untested past 2 cores)
 
 
@@ -55,3 +59,35 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable("device 'cuda' requested but CUDA is not available (use device cpu or auto: SENTIMENT_DEVICE, --device)")
     return torch.device(name)
+
+
+def cpu_flags(cpuinfo: Path | None = None) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo; empty where there is none (not Linux)."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86, arm64
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run in hardware here: AVX512-BF16 or AMX on CPU, bf16 tensor cores on CUDA (not emulation).
+
+    torch.backends.cpu.get_cpu_capability() stops at "AVX512", which does not say bf16, hence the flags.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and bool(cpu_flags() & BF16_CPU_FLAGS)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """ "auto" -> "bf16" where the device has native bf16, else "fp32"; "fp32"/"bf16" are kept (bf16 runs anywhere, slowly
+    without hardware support)."""
+    if name == "auto":
+        return "bf16" if has_native_bf16(device) else "fp32"
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be auto, {' or '.join(PRECISIONS)}, not {name!r}")
+    return name

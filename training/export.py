@@ -2,7 +2,8 @@
 
 Checks run on every export, so no file that disagrees with the eager model,
 disagrees between its two BiLSTM routes, depends on padding, or needs
-`training/` to load can ever be written silently.
+`training/` to load can ever be written silently. The bf16 route is checked
+the same way with its own tolerance, plus its distance from fp32.
 
     python -m training.export --reexport models/sentiment.pt [--version 1.1.0] [--out PATH]
 
@@ -35,6 +36,11 @@ from training.model import SentimentLSTM
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-5
+# The bf16 route rounds the LSTM's inputs, weights and states to 8 mantissa bits: its answers may depend on batch-mates
+# (other kernel blockings) and route to this much, and stray from fp32 by up to BF16_AGREEMENT (the shipped model:
+# `python -m training.evaluate --precision bf16` reports the measured figures).
+BF16_TOLERANCE = 1e-3
+BF16_AGREEMENT = 0.05
 
 
 class ExportCheckError(Exception):
@@ -55,19 +61,19 @@ def check_parity(eager: SentimentLSTM, scripted: torch.jit.ScriptModule, ids: Se
 
 
 @torch.inference_mode()
-def check_padding_invariance(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> float:
+def check_padding_invariance(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]], tolerance: float = TOLERANCE) -> float:
     """Max |p(text alone) - p(text in a mixed, padded batch)| over `ids`."""
     predictor = Predictor(scripted)
     mixed = predictor.forward(ids)  # one padded batch of mixed lengths
     alone = [predictor.forward([row])[0] for row in ids]
     worst = max(abs(a - b) for a, b in zip(mixed, alone, strict=True))
-    if worst > TOLERANCE:
-        raise ExportCheckError(f"output depends on padding/batch-mates by {worst:.2e} > {TOLERANCE}")
+    if worst > tolerance:
+        raise ExportCheckError(f"{scripted.precision} output depends on padding/batch-mates by {worst:.2e} > {tolerance}")
     return worst
 
 
 @torch.inference_mode()
-def check_routes(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> float:
+def check_routes(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]], tolerance: float = TOLERANCE) -> float:
     """Max |dense - packed| over `ids` in mixed-length batches of 16: both routes must give the same answers."""
     default = scripted.dense_max_padding
     predictor = Predictor(scripted)
@@ -81,9 +87,32 @@ def check_routes(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> 
             worst = max(worst, *(abs(a - b) for a, b in zip(dense, predictor.forward(batch), strict=True)))
     finally:
         scripted.dense_max_padding = default
-    if worst > TOLERANCE:
-        raise ExportCheckError(f"dense and packed routes differ by {worst:.2e} > {TOLERANCE}")
+    if worst > tolerance:
+        raise ExportCheckError(f"{scripted.precision} dense and packed routes differ by {worst:.2e} > {tolerance}")
     return worst
+
+
+@torch.inference_mode()
+def check_bf16(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> dict[str, float]:
+    """The bf16 route's checks: routes and padding invariance within BF16_TOLERANCE, |bf16 - fp32| within BF16_AGREEMENT.
+
+    Leaves `scripted` on fp32 (its cache emptied), as it is saved.
+    """
+    predictor = Predictor(scripted)
+    fp32 = [p for start in range(0, len(ids), 64) for p in predictor.forward(ids[start : start + 64])]
+    try:
+        scripted.set_precision("bf16")
+        bf16 = [p for start in range(0, len(ids), 64) for p in predictor.forward(ids[start : start + 64])]
+        checks = {
+            "bf16_routes_max_abs_diff": check_routes(scripted, ids, BF16_TOLERANCE),
+            "bf16_padding_max_abs_diff": check_padding_invariance(scripted, ids[:48], BF16_TOLERANCE),
+        }
+    finally:
+        scripted.set_precision("fp32")
+    worst = max(abs(a - b) for a, b in zip(fp32, bf16, strict=True))
+    if worst > BF16_AGREEMENT:
+        raise ExportCheckError(f"bf16 and fp32 routes differ by {worst:.2e} > {BF16_AGREEMENT}")
+    return {"bf16_vs_fp32_max_abs_diff": worst, **checks}
 
 
 def check_fresh_process(path: Path, text: str, expected: float) -> float:
@@ -117,6 +146,7 @@ def export(
         "parity_max_abs_diff": check_parity(model, scripted, check_ids),
         "routes_max_abs_diff": check_routes(scripted, check_ids),
         "padding_max_abs_diff": check_padding_invariance(scripted, check_ids[:48]),
+        **check_bf16(scripted, check_ids),
     }
     final = artifact.save(scripted, vocab, manifest, path)
     expected = Predictor(scripted, artifact.load(path).encoder).predict([check_text])[0]

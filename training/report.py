@@ -244,6 +244,17 @@ def distill_row(figures: dict[str, float]) -> str:
     )
 
 
+def bf16_checks(checks: dict[str, float]) -> str:
+    """The bf16 route's export-check lines (files exported before it have none)."""
+    if "bf16_vs_fp32_max_abs_diff" not in checks:
+        return ""
+    return (
+        f"- bf16 route (tolerance 1e-3 within the route): dense vs packed max |Δp| {checks['bf16_routes_max_abs_diff']:.1e}, "
+        f"padding / batch-mate invariance max |Δp| {checks['bf16_padding_max_abs_diff']:.1e}; "
+        f"bf16 vs fp32 on the 256 reviews, max |Δp| {checks['bf16_vs_fp32_max_abs_diff']:.1e}\n"
+    )
+
+
 def flag(name: str, value: object) -> str:
     """One config field as the command-line flag that reproduces it (booleans are --x / --no-x, as argparse takes them)."""
     option = name.replace("_", "-")
@@ -335,7 +346,7 @@ Re-check the test figures from the shipped file:
 - dense vs packed BiLSTM route, mixed-length batches of 16, max |Δp|: {checks.get("routes_max_abs_diff", float("nan")):.1e}
 - padding / batch-mate invariance, max |Δp|: {checks["padding_max_abs_diff"]:.1e}
 - fresh process that imports only `contract/`: |Δp| {checks["fresh_process_abs_diff"]:.1e}
-{f"- against the file it replaced, mixed and length-sorted batches, max |Δp|: {checks['previous_file_max_abs_diff']:.1e}" + chr(10) if "previous_file_max_abs_diff" in checks else ""}
+{bf16_checks(checks)}{f"- against the file it replaced, mixed and length-sorted batches, max |Δp|: {checks['previous_file_max_abs_diff']:.1e}" + chr(10) if "previous_file_max_abs_diff" in checks else ""}
 ## Intended use and limits
 
 Trained on IMDb movie reviews (English, 2011 and earlier, polarised: ratings ≤ 4 or ≥ 7).
