@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         description="Model file to serve; verified (sha256, format, normalizer version) before the service starts.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; `auto` picks CUDA when available.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The model's route: `bf16` runs embedding + LSTM in bfloat16 (~1.5-2.5x faster where the hardware has it, "
+        "p within ~2e-3 of fp32), `fp32` is exact; `auto` picks bf16 on CPUs with AVX512-BF16 or AMX and CUDA GPUs with bf16.",
+    )
     host: str = Field("0.0.0.0", description="Interface to listen on (`sentiment-serve --host` overrides).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (`sentiment-serve --port` overrides).")
     grpc_port: int | None = Field(

@@ -134,7 +134,7 @@ def cli(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     allocator.tune()  # before the model allocates: 2 malloc arenas (app/allocator.py)
     try:
-        artifact = artifact_io.load(settings.model_path, resolve_device(settings.device))
+        artifact = artifact_io.load(settings.model_path, resolve_device(settings.device), settings.precision)
     except (ArtifactError, DeviceUnavailable) as exc:
         _fail(str(exc), 1)
     try:

@@ -62,8 +62,8 @@ class Metrics:
         )
         self.forward_seconds = Histogram(
             "sentiment_forward_seconds",
-            "Model forward (and backward, for explain) time per batch.",
-            ["kind"],
+            "Model forward (and backward, for explain) time per batch, by the precision it ran in.",
+            ["kind", "precision"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -97,8 +97,8 @@ class Metrics:
         for wait in waits:
             self.queue_wait.observe(wait)
 
-    def observe_forward(self, kind: str, seconds: float) -> None:
-        self.forward_seconds.labels(kind).observe(seconds)
+    def observe_forward(self, kind: str, seconds: float, precision: str = "fp32") -> None:
+        self.forward_seconds.labels(kind, precision).observe(seconds)
 
     def observe_text(self, kept_tokens: int, unknown_tokens: int, truncated: bool) -> None:
         """One text encoded: tokens kept for the model, how many of them are out of vocabulary, whether it was cut."""

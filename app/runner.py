@@ -136,9 +136,9 @@ class Runner:
         device = resolve_device(settings.device)
         threads = plan_threads(device, settings.model_workers, settings.torch_threads)
         if artifact is None:
-            artifact = artifact_io.load(settings.model_path, device)
+            artifact = artifact_io.load(settings.model_path, device, settings.precision)
         else:
-            artifact = Artifact(artifact.module.to(device), artifact.vocab, artifact.manifest, artifact.file_sha256)
+            artifact = artifact_io.place(artifact, device, settings.precision)
         return cls(
             artifact,
             device,
@@ -220,7 +220,8 @@ class Runner:
         explain = jobs[0].explain  # the batcher keys batches on it: a batch is all-explain or all-plain
         outputs = self._explain(jobs) if explain else [Output(p, None) for p in self._predictor.forward([job.ids for job in jobs])]
         if self._metrics is not None:
-            self._metrics.observe_forward(_kind(explain), time.perf_counter() - started)
+            precision = "fp32" if explain else self.artifact.precision  # explain() always runs fp32
+            self._metrics.observe_forward(_kind(explain), time.perf_counter() - started, precision)
         return outputs
 
     def _observe_batch(self, stats: BatchStats) -> None:

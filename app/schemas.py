@@ -156,6 +156,7 @@ class ModelInfo(BaseModel):
     head_length: int
     normalizer_version: str
     device: str
+    precision: str = Field(description="The route serving predictions: fp32 (exact) or bf16 (SENTIMENT_PRECISION); explanations run fp32.")
     created_at: str
     git_commit: str
     metrics: dict[str, Any]

@@ -116,10 +116,11 @@ class Service:
         if runner.golden_ok:
             plan = runner.threads
             logger.info(
-                "serving %s %s on %s: %d model worker(s) x %s torch thread(s)",
+                "serving %s %s on %s in %s: %d model worker(s) x %s torch thread(s)",
                 manifest.name,
                 manifest.version,
                 runner.device,
+                runner.artifact.precision,
                 plan.workers,
                 plan.torch_threads or "default",
             )

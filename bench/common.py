@@ -214,7 +214,7 @@ def batch_stats(before: dict[str, float], after: dict[str, float], duration_s: f
 
     batches = delta('sentiment_batch_size_count{kind="predict"}')
     texts = delta('sentiment_batch_size_sum{kind="predict"}')
-    forward = delta('sentiment_forward_seconds_sum{kind="predict"}')
+    forward = sum(delta(k) for k in after if k.startswith('sentiment_forward_seconds_sum{kind="predict"'))  # any precision label
     wait_n = delta("sentiment_queue_wait_seconds_count")
     wait_s = delta("sentiment_queue_wait_seconds_sum")
     return {

@@ -35,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model file (default: models/sentiment.pt, as the service)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="the model's route, as the service's SENTIMENT_PRECISION: auto = bf16 where the CPU/GPU has native bf16, else fp32",
+    )
+    p.add_argument(
         "--workers", type=int, default=0, help="batches run at once (Ray: actors); 0 = auto, as the service: one per core on CPU"
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0 = auto: the cores shared by the workers")
@@ -122,6 +128,7 @@ def run_ray(args: argparse.Namespace, model_path: str) -> Summary:
             batching={"max_batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens},
             progress=bar.update,
             write_file=write_file,
+            precision=args.precision,
         )
     finally:
         bar.close()
@@ -140,9 +147,17 @@ def main(argv: list[str] | None = None) -> int:
             format_of(args.input), format_of(args.out)  # an unknown extension fails before the model loads
         device = resolve_device(args.device)
         plan = plan_threads(device, args.workers, args.threads)
-        loaded = artifact_io.load(model_path, device)
+        loaded = artifact_io.load(model_path, device, args.precision)
         manifest = loaded.manifest
-        log.info("model %s %s (%s, sha256 %s) on %s", manifest.name, manifest.version, model_path, loaded.file_sha256[:12], device)
+        log.info(
+            "model %s %s (%s, sha256 %s) on %s in %s",
+            manifest.name,
+            manifest.version,
+            model_path,
+            loaded.file_sha256[:12],
+            device,
+            loaded.precision,
+        )
         if args.engine == "local":
             log.info(
                 "%d workers x %d torch threads, batches of <= %d texts / %d tokens",

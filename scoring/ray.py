@@ -70,14 +70,22 @@ class ScoreBatch:
     """One actor: loads the model once, then scores Arrow batches (the Ray Data callable class)."""
 
     def __init__(
-        self, model_path: str, device: str, torch_threads: int, text_column: str, skip_bad: bool, counter: Any, **batching: int
+        self,
+        model_path: str,
+        device: str,
+        torch_threads: int,
+        text_column: str,
+        skip_bad: bool,
+        counter: Any,
+        precision: str = "fp32",
+        **batching: int,
     ) -> None:
         import torch
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         resolved = resolve_device(device)
-        loaded = artifact_io.load(model_path, resolved)
+        loaded = artifact_io.load(model_path, resolved, precision)  # "auto" resolves on the actor's own hardware
         self.predictor = Predictor.from_artifact(loaded, resolved, **batching)
         self.labels = loaded.manifest.labels
         self.text_column = text_column
@@ -172,6 +180,7 @@ def score(
     batching: dict[str, int],
     progress: Any,
     write_file: Any,
+    precision: str = "fp32",
 ) -> Summary:
     """Run the job; `write_file(source, chunks)` streams into a single output file (the local engine's writer)."""
     ray = init(address, cores)
@@ -192,6 +201,7 @@ def score(
                 "text_column": text_column,
                 "skip_bad": skip_bad,
                 "counter": counter,
+                "precision": precision,
                 **batching,
             },
             batch_size=batch_rows,

@@ -44,14 +44,17 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def make_settings(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
-    """Settings for the tiny model on CPU; keyword arguments override fields. SENTIMENT_* from the shell are ignored."""
+    """Settings for the tiny model on CPU; keyword arguments override fields. SENTIMENT_* from the shell are ignored.
+
+    Precision fp32 unless asked: "auto" would pick bf16 on some CPUs only, and the tests compare exact probabilities.
+    """
     import os
 
     for name in [n for n in os.environ if n.startswith("SENTIMENT_")]:
         monkeypatch.delenv(name)
 
     def make(**overrides: Any) -> Settings:
-        return Settings(**{"model_path": tiny_model_path, "device": "cpu", "torch_threads": 1, **overrides})
+        return Settings(**{"model_path": tiny_model_path, "device": "cpu", "torch_threads": 1, "precision": "fp32", **overrides})
 
     return make
 

@@ -58,7 +58,8 @@ def as_float(value: Any) -> float | None:
 
 
 def score(tmp_path: Path, model: Path, source: Path, out: Path, *extra: str) -> int:
-    return main([str(source), "--out", str(out), "--model", str(model), "--quiet", *extra])
+    """Scores in fp32 unless `extra` says otherwise ("auto" picks bf16 on some CPUs only; the tests compare exact figures)."""
+    return main([str(source), "--out", str(out), "--model", str(model), "--quiet", "--precision", "fp32", *extra])
 
 
 @pytest.mark.parametrize("out_ext", [".csv", ".jsonl", ".parquet"])
@@ -174,7 +175,7 @@ def test_stdin_to_stdout_as_jsonl(tiny_model_path: Path, tiny_artifact: Artifact
     texts = ["great film", "awful, boring waste", "", "the plot was good " * 10]
     lines = "".join(json.dumps({"text": t, "k": i}) + "\n" for i, t in enumerate(texts))
     result = subprocess.run(
-        [sys.executable, "-m", "scoring", "-", "--out", "-", "--model", str(tiny_model_path)],
+        [sys.executable, "-m", "scoring", "-", "--out", "-", "--model", str(tiny_model_path), "--precision", "fp32"],
         input=lines,
         capture_output=True,
         text=True,

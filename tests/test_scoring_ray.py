@@ -25,7 +25,12 @@ pytestmark = pytest.mark.slow
 
 def sentiment_score(*argv: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "scoring", *argv, "--quiet"], capture_output=True, text=True, timeout=420, cwd=ROOT, env=ray_env()
+        [sys.executable, "-m", "scoring", *argv, "--quiet", "--precision", "fp32"],  # fp32: exact on every CPU, as compared here
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=ROOT,
+        env=ray_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -33,7 +33,7 @@ class SentimentAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        art = artifact_io.load(self.model)
+        art = artifact_io.load(self.model, precision="auto")  # the service's default route, so that both run the same computation
         self.predictor, self.labels = Predictor.from_artifact(art), art.manifest.labels
         self._write_stats()
 

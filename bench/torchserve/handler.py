@@ -30,7 +30,8 @@ class SentimentHandler:
         if threads:
             torch.set_num_threads(threads)
         model_dir = Path(context.system_properties["model_dir"])
-        self.artifact = artifact_io.load(model_dir / context.manifest["model"]["serializedFile"])
+        # the service's default route ("auto"), so that both run the same computation
+        self.artifact = artifact_io.load(model_dir / context.manifest["model"]["serializedFile"], precision="auto")
         self.encoder = self.artifact.encoder
         self.labels = self.artifact.manifest.labels
         self.initialized = True
