@@ -5,12 +5,19 @@ encoder, exactly as the service does, so the figures are those of the file.
 Besides IMDb test it reports CAD dev (originals, revisions, both members of a
 pair right) and the short-text set built from validation reviews, each with
 ECE: IMDb test alone hides how brittle a model is off its own distribution.
+
+`--precision bf16` (or `auto` where it resolves to bf16) also runs every set
+through the file's bf16 route and prints its accuracy contract against fp32
+(`bf16` in the output; exit code 1 when a bound is missed): label agreement on
+IMDb test >= 99.8 %, accuracy within 0.1 pt on every set, max |Δp|, and
+padding / batch-mate invariance within each route (bf16 <= 1e-3, fp32 <= 1e-5).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +27,7 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from contract import artifact
+from contract.device import resolve_precision
 from contract.predictor import Predictor
 from training import cad, data, short_texts
 from training.calibrate import brier, expected_calibration_error
@@ -47,21 +55,88 @@ def predict_texts(loaded: artifact.Artifact, texts: Sequence[str], batch_size: i
     return torch.tensor(predictor.predict(texts))
 
 
+Scored = dict[str, tuple[torch.Tensor, torch.Tensor]]  # set name -> (P(positive) FloatTensor[N], labels FloatTensor[N])
+
+# The bf16 route's accuracy contract (issue 29): bounds against the exact fp32 route of the same file.
+MIN_LABEL_AGREEMENT = 0.998
+MAX_ACCURACY_CHANGE = 0.001
+MAX_INVARIANCE = {"fp32": 1e-5, "bf16": 1e-3}
+
+
+def robustness_probs(
+    predict: Callable[[Sequence[str]], torch.Tensor], cad_dev: Sequence[cad.Pair], short: Sequence[short_texts.ShortText]
+) -> Scored:
+    """CAD dev originals and revisions, and short texts (if any) -> (probabilities, labels) per set."""
+    y_original = torch.tensor([float(p.original_label) for p in cad_dev])  # [P]
+    scored = {
+        "cad_dev_original": (predict([p.original for p in cad_dev]), y_original),
+        "cad_dev_revised": (predict([p.revised for p in cad_dev]), 1 - y_original),
+    }
+    if short:  # a tiny smoke-run split may yield no short text at all
+        scored["short_text"] = (predict([s.text for s in short]), torch.tensor([float(s.label) for s in short]))
+    return scored
+
+
+def both_right(scored: Scored) -> torch.Tensor:
+    """BoolTensor[P]: both members of each CAD pair classified right."""
+    right = [((p >= 0.5).float() == y) for p, y in (scored["cad_dev_original"], scored["cad_dev_revised"])]
+    return right[0] & right[1]
+
+
 def robustness(
     predict: Callable[[Sequence[str]], torch.Tensor], cad_dev: Sequence[cad.Pair], short: Sequence[short_texts.ShortText]
 ) -> dict[str, dict]:
     """CAD dev and short-text figures; `predict` maps texts to P(positive) FloatTensor[N] (calibrated)."""
-    y_original = torch.tensor([float(p.original_label) for p in cad_dev])  # [P]
-    p_original, p_revised = predict([p.original for p in cad_dev]), predict([p.revised for p in cad_dev])  # [P], [P]
-    right_original = (p_original >= 0.5).float() == y_original
-    right_revised = (p_revised >= 0.5).float() == 1 - y_original
+    scored = robustness_probs(predict, cad_dev, short)
     return {
-        "cad_dev_original": metrics(p_original, y_original),
-        "cad_dev_revised": metrics(p_revised, 1 - y_original),
-        "cad_dev_pairs": {"both_right": float((right_original & right_revised).float().mean()), "n": len(cad_dev)},
-        # a tiny smoke-run split may yield no short text at all
-        "short_text": metrics(predict([s.text for s in short]), torch.tensor([float(s.label) for s in short])) if short else {"n": 0},
+        "cad_dev_original": metrics(*scored["cad_dev_original"]),
+        "cad_dev_revised": metrics(*scored["cad_dev_revised"]),
+        "cad_dev_pairs": {"both_right": float(both_right(scored).float().mean()), "n": len(cad_dev)},
+        "short_text": metrics(*scored["short_text"]) if "short_text" in scored else {"n": 0},
     }
+
+
+def invariance(loaded: artifact.Artifact, texts: Sequence[str], batch_size: int = 64, seed: int = 0) -> float:
+    """Max |p(text alone) - p(text in a batch)| over `texts`, in length-sorted batches (the serving path) and in
+    shuffled batches of `batch_size` (heavy padding: the other route), for the artifact's precision."""
+    predictor = Predictor.from_artifact(loaded, max_batch_size=batch_size, max_batch_tokens=batch_size * loaded.manifest.max_length)
+    ids = [e.ids for e in predictor.encode(texts)]
+    alone = torch.tensor([predictor.forward([row])[0] for row in ids])
+    order = list(range(len(ids)))
+    random.Random(seed).shuffle(order)
+    shuffled = torch.zeros(len(ids))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        shuffled[rows] = torch.tensor(predictor.forward([ids[i] for i in rows]))
+    sorted_batches = torch.tensor(predictor.predict_ids(ids))
+    return max(float((sorted_batches - alone).abs().max()), float((shuffled - alone).abs().max()))
+
+
+def precision_contract(fp32: Scored, bf16: Scored, invariances: dict[str, float]) -> dict[str, object]:
+    """bf16 against fp32 on every set: accuracies, label agreement, max |Δp|; invariances; and which bounds hold."""
+    sets: dict[str, dict[str, float]] = {}
+    for name, (p32, y) in fp32.items():
+        p16 = bf16[name][0]
+        acc32, acc16 = float(((p32 >= 0.5).float() == y).float().mean()), float(((p16 >= 0.5).float() == y).float().mean())
+        sets[name] = {
+            "accuracy_fp32": acc32,
+            "accuracy_bf16": acc16,
+            "accuracy_change_pt": round(100 * (acc16 - acc32), 3),
+            "label_agreement": float(((p32 >= 0.5) == (p16 >= 0.5)).float().mean()),
+            "max_abs_dp": float((p32 - p16).abs().max()),
+            "n": len(y),
+        }
+    if "cad_dev_original" in fp32:
+        pairs32, pairs16 = float(both_right(fp32).float().mean()), float(both_right(bf16).float().mean())
+        sets["cad_dev_pairs"] = {"both_right_fp32": pairs32, "both_right_bf16": pairs16, "change_pt": round(100 * (pairs16 - pairs32), 3)}
+    changes = [abs(v.get("accuracy_change_pt", v.get("change_pt", 0.0))) for v in sets.values()]
+    holds = {
+        "accuracy_within_0.1pt_on_every_set": max(changes) <= 100 * MAX_ACCURACY_CHANGE + 1e-9,
+        **{f"{name}_invariance_within_{bound:.0e}": invariances[name] <= bound for name, bound in MAX_INVARIANCE.items()},
+    }
+    if "imdb_test" in sets:
+        holds["imdb_test_label_agreement_at_least_99.8pct"] = sets["imdb_test"]["label_agreement"] >= MIN_LABEL_AGREEMENT
+    return {"sets": sets, "max_abs_dp": max(v.get("max_abs_dp", 0.0) for v in sets.values()), "invariance": invariances, "holds": holds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cad-dir", type=Path, default=None, help="folder with CAD's dev_paired.tsv (default: the usual places)")
     parser.add_argument("--limit", type=int, default=None, help="reviews per class (quick checks)")
     parser.add_argument("--no-test", action="store_true", help="skip the 25k IMDb test reviews (robustness sets only)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="fp32: the exact route only; bf16 (auto: where the CPU has it): also the bf16 route and its contract against fp32",
+    )
+    parser.add_argument("--invariance-texts", type=int, default=512, help="test reviews for the padding/batch-mate check (bf16)")
     args = parser.parse_args(argv)
     try:
         loaded = artifact.load(args.model)
+        compare = resolve_precision(args.precision, torch.device("cpu")) == "bf16"
+        loaded_bf16 = artifact.place(loaded, "cpu", "bf16") if compare else None
         config = loaded.manifest.training.get("config", {})  # the split the model was trained with
         dataset = data.load(
             data.find(args.data),
@@ -88,15 +172,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     result: dict[str, object] = {"model": f"{loaded.manifest.name} {loaded.manifest.version}", "holdout": loaded.manifest.holdout}
-    if not args.no_test:
-        result["imdb_test"] = metrics(
-            predict_texts(loaded, [r.text for r in dataset.test]), torch.tensor([float(r.label) for r in dataset.test])
-        )
     short = short_texts.build((r.text, r.label) for r in dataset.validation)
-    result.update(robustness(lambda texts: predict_texts(loaded, texts), cad_dev, short))
+    scored: dict[str, Scored] = {}
+    for route in (loaded, loaded_bf16) if loaded_bf16 is not None else (loaded,):
+        sets: Scored = {}
+        if not args.no_test:
+            sets["imdb_test"] = (predict_texts(route, [r.text for r in dataset.test]), torch.tensor([float(r.label) for r in dataset.test]))
+        sets.update(robustness_probs(lambda texts, route=route: predict_texts(route, texts), cad_dev, short))
+        scored[route.precision] = sets
+    fp32 = scored["fp32"]
+    result.update({name: metrics(*fp32[name]) for name in fp32})
+    result["cad_dev_pairs"] = {"both_right": float(both_right(fp32).float().mean()), "n": len(cad_dev)}
+    result.setdefault("short_text", {"n": 0})
+    ok = True
+    if loaded_bf16 is not None:
+        sample = [r.text for r in (dataset.test or dataset.validation)[: args.invariance_texts]]
+        invariances = {route.precision: invariance(route, sample) for route in (loaded, loaded_bf16)}
+        contract = precision_contract(fp32, scored["bf16"], invariances)
+        contract["metrics"] = {name: metrics(*scored["bf16"][name]) for name in scored["bf16"]}
+        result["bf16"] = contract
+        ok = all(contract["holds"].values())
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=2))
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
