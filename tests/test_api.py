@@ -170,8 +170,29 @@ async def test_model_info(serve: ServeFactory, tiny_model_path: Path) -> None:
     assert info["weights_sha256"] == loaded.manifest.weights_sha256 == artifact_io.weights_sha256(loaded.module)
     assert info["vocab_size"] == len(loaded.vocab) and info["max_length"] == loaded.manifest.max_length
     assert info["device"] == "cpu" and info["normalizer_version"] == NORMALIZER_VERSION
+    assert info["precision"] == "fp32"  # the test settings pin fp32
     assert info["metrics"] == {"test": {"accuracy": 1.0}}
     assert info["holdout"] == loaded.manifest.holdout == {"sha256": "0" * 64, "listed": 753, "reviews_dropped": 753}
+
+
+@pytest.mark.parametrize("load", [True, False])  # the file loaded in bf16, or the shared fp32 artifact placed in bf16
+async def test_bf16_serves_near_fp32_and_says_so(
+    serve: ServeFactory, tiny_artifact: Artifact, load: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    texts = ["a wonderful film, loved it", "dull boring waste of time", "the plot was fine"]
+    with caplog.at_level("INFO", logger="app"):
+        async with serve(load=load, precision="bf16") as (client, _):
+            info = (await client.get("/model")).json()
+            served = [p["p_positive"] for p in (await client.post("/predict", json={"texts": texts})).json()["predictions"]]
+            explained = (await client.post("/predict", json={"text": texts[0], "explain": True})).json()["predictions"][0]
+            metrics = (await client.get("/metrics")).text
+    assert info["precision"] == "bf16" and "in bf16:" in caplog.text
+    exact = Runner(tiny_artifact)._predictor.predict(texts)
+    assert tiny_artifact.precision == tiny_artifact.module.precision == "fp32"  # the shared artifact was not switched
+    assert 0 < max(abs(a - b) for a, b in zip(served, exact, strict=True)) < 2e-2
+    assert explained["p_positive"] == pytest.approx(exact[0], abs=1e-6)  # explanations run fp32
+    assert 'sentiment_forward_seconds_count{kind="predict",precision="bf16"}' in metrics
+    assert 'sentiment_forward_seconds_count{kind="explain",precision="fp32"}' in metrics
 
 
 async def test_metrics_expose_requests_batches_queue_and_text_statistics(serve: ServeFactory) -> None:

@@ -98,3 +98,57 @@ def test_file_is_a_zip_with_the_contract_files(model_file: Path) -> None:
     names = zipfile.ZipFile(model_file).namelist()
     assert any(n.endswith("extra/manifest.json") for n in names)
     assert any(n.endswith("extra/vocab.txt") for n in names)
+
+
+class _Legacy(torch.nn.Module):
+    """A file exported before the bf16 route: a forward, no set_precision."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab_size, 4)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.embedding(ids).sum((1, 2)))
+
+
+def _fake_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str) -> None:
+    from contract import device
+
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: fpu avx2 {flags}\n")
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "cpuinfo")
+
+
+@pytest.mark.parametrize(("flags", "expected"), [("avx512_bf16", "bf16"), ("", "fp32")])
+def test_load_picks_the_route_and_auto_follows_the_cpu(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, expected: str
+) -> None:
+    _fake_cpu(tmp_path, monkeypatch, flags)
+    assert artifact.load(model_file).precision == "fp32"  # the default stays exact
+    loaded = artifact.load(model_file, precision="auto")
+    assert loaded.precision == loaded.module.precision == expected
+    assert artifact.weights_sha256(loaded.module) == loaded.manifest.weights_sha256  # verified the same in either route
+    with pytest.raises(ArtifactError, match="precision must be auto, fp32 or bf16"):
+        artifact.load(model_file, precision="int8")
+
+
+def test_place_switches_precision_on_a_copy(model_file: Path) -> None:
+    fp32 = artifact.load(model_file)
+    x, lengths = pad_batch([fp32.encoder.encode("a wonderful film, loved it").ids, fp32.encoder.encode("dull").ids])
+    bf16 = artifact.place(fp32, "cpu", "bf16")
+    assert (bf16.precision, bf16.module.precision) == ("bf16", "bf16")
+    assert fp32.module is not bf16.module and fp32.module.precision == "fp32"  # other holders keep their route
+    with torch.inference_mode():
+        assert 0 < float((bf16.module(x, lengths) - fp32.module(x, lengths)).abs().max()) < 2e-2
+    assert artifact.place(bf16, "cpu", "bf16").module is bf16.module  # same route: no copy
+
+
+def test_a_file_without_the_bf16_route_serves_fp32_on_auto_and_refuses_bf16(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = artifact.load(model_file)
+    legacy = tmp_path / "legacy.pt"
+    artifact.save(torch.jit.script(_Legacy(len(loaded.vocab))), loaded.vocab, loaded.manifest, legacy)
+    _fake_cpu(tmp_path, monkeypatch, "amx_bf16")
+    assert artifact.load(legacy, precision="auto").precision == "fp32"
+    with pytest.raises(ArtifactError, match="no bf16 route: re-export it"):
+        artifact.load(legacy, precision="bf16")

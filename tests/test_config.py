@@ -24,6 +24,7 @@ def test_defaults() -> None:
     assert (settings.host, settings.port, settings.device) == ("0.0.0.0", 8000, "auto")
     assert (settings.max_batch_size, settings.max_queue, settings.max_items_per_request) == (64, 1024, 256)
     assert settings.api_key is None and settings.cors_origins == [] and settings.access_log is False
+    assert settings.precision == "auto"  # bf16 where the hardware has it (contract.device.resolve_precision)
 
 
 def test_every_field_documents_why_it_exists() -> None:
@@ -36,8 +37,9 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENTIMENT_CORS_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("SENTIMENT_API_KEY", "hunter2")
     monkeypatch.setenv("SENTIMENT_DEVICE", "cpu")
+    monkeypatch.setenv("SENTIMENT_PRECISION", "bf16")
     settings = Settings()
-    assert settings.max_batch_size == 1 and settings.device == "cpu"
+    assert settings.max_batch_size == 1 and settings.device == "cpu" and settings.precision == "bf16"
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(settings)
@@ -52,6 +54,7 @@ def test_an_empty_api_key_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
     ("name", "value"),
     [
         ("SENTIMENT_DEVICE", "tpu"),
+        ("SENTIMENT_PRECISION", "fp16"),
         ("SENTIMENT_MAX_BATCH_SIZE", "0"),
         ("SENTIMENT_PORT", "70000"),
         ("SENTIMENT_MAX_ITEMS_PER_REQUEST", "2000"),

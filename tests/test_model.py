@@ -1,4 +1,5 @@
-"""The model's two BiLSTM routes (training/model.py): dense and packed give the same answers, both scripted, for every pooling."""
+"""The model's BiLSTM routes (training/model.py): dense and packed give the same answers, both scripted, for every pooling;
+the bf16 route stays within its own bounds (1e-3 within the route) and near fp32, and leaves fp32 and the weights untouched."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import random
 import pytest
 import torch
 
+from contract import artifact
 from contract.vocab import pad_batch
 from training.__main__ import parse
-from training.export import model_from
+from training.export import BF16_TOLERANCE, check_bf16, model_from
 from training.model import POOLINGS, SentimentLSTM
 
 TOLERANCE = 1e-5
@@ -39,6 +41,7 @@ def _restore(scripted: torch.jit.ScriptModule):
     default = scripted.dense_max_padding
     yield
     scripted.dense_max_padding = default
+    scripted.set_precision("fp32")
 
 
 @torch.inference_mode()
@@ -108,3 +111,56 @@ def test_pooling_is_a_training_flag_with_its_choices(capsys: pytest.CaptureFixtu
     assert "invalid choice" in capsys.readouterr().err
     with pytest.raises(ValueError, match="pooling must be one of"):
         SentimentLSTM(10, 4, 4, 0.0, pooling="attention")
+
+
+@torch.inference_mode()
+def test_bf16_route_ignores_padding_batch_mates_and_route_within_its_bound(scripted: torch.jit.ScriptModule) -> None:
+    ids = _ids(24, seed=5)  # lengths 1..40: the auto route groups these
+    x, lengths = pad_batch(ids)
+    padded = torch.cat([x, torch.zeros(x.size(0), 17, dtype=x.dtype)], 1)  # [B, T + 17]
+    scripted.set_precision("bf16")
+    alone = torch.cat([scripted(*pad_batch([row])) for row in ids])  # [B]
+    for limit in (float("inf"), 2.0, 0.0):  # one dense batch; length groups; every text its own group
+        scripted.dense_max_padding = limit
+        assert float((scripted(x, lengths) - alone).abs().max()) <= BF16_TOLERANCE
+        assert float((scripted(padded, lengths) - alone).abs().max()) <= BF16_TOLERANCE
+
+
+@torch.inference_mode()
+def test_bf16_route_is_near_fp32_but_really_bf16_and_fp32_comes_back_exact(scripted: torch.jit.ScriptModule) -> None:
+    x, lengths = pad_batch(_ids(32, seed=6))
+    before = {k: v.clone() for k, v in scripted.state_dict().items()}
+    fp32 = scripted(x, lengths)
+    scripted.set_precision("bf16")
+    assert scripted.precision == "bf16" and scripted.bf16_weights[0].dtype == torch.bfloat16
+    bf16 = scripted(x, lengths)
+    assert bf16.dtype == torch.float32  # pooling, head and sigmoid in fp32
+    assert 0 < float((bf16 - fp32).abs().max()) < 2e-2  # rounded, so not identical, but close
+    assert bool(((bf16 >= 0.5) == (fp32 >= 0.5)).all())
+    assert scripted.state_dict().keys() == before.keys()  # the bf16 copies are no state: weights sha256 unchanged
+    assert all(torch.equal(v, before[k]) for k, v in scripted.state_dict().items())
+    scripted.set_precision("fp32")
+    assert torch.equal(scripted(x, lengths), fp32) and scripted.bf16_weights[0].numel() == 0
+
+
+def test_explain_runs_fp32_whatever_the_precision(scripted: torch.jit.ScriptModule) -> None:
+    x, lengths = pad_batch(_ids(6, seed=7))
+    with torch.enable_grad():
+        p_fp32, a_fp32 = scripted.explain(x, lengths)
+        scripted.set_precision("bf16")
+        p_bf16, a_bf16 = scripted.explain(x, lengths)
+    assert torch.equal(p_fp32, p_bf16) and torch.equal(a_fp32, a_bf16)
+
+
+def test_an_unknown_precision_is_refused(scripted: torch.jit.ScriptModule) -> None:
+    with pytest.raises(Exception, match="precision must be fp32 or bf16"):
+        scripted.set_precision("fp16")
+    assert scripted.precision == "fp32"
+
+
+def test_the_export_checks_the_bf16_route_and_leaves_the_module_fp32(scripted: torch.jit.ScriptModule) -> None:
+    checks = check_bf16(scripted, _ids(40, seed=8))
+    assert checks["bf16_routes_max_abs_diff"] <= BF16_TOLERANCE and checks["bf16_padding_max_abs_diff"] <= BF16_TOLERANCE
+    assert 0 < checks["bf16_vs_fp32_max_abs_diff"] < 2e-2
+    assert scripted.precision == "fp32" and scripted.bf16_weights[0].numel() == 0  # saved as fp32, without the copies
+    assert artifact.has_bf16_route(scripted)

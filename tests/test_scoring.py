@@ -127,6 +127,31 @@ def test_summary_counts_rows_and_errors(tmp_path: Path, tiny_model_path: Path, c
     assert len(read(tmp_path / "out.csv")) == 60 - len(BAD)
 
 
+@pytest.mark.parametrize(("precision", "flags", "route"), [("bf16", "", "bf16"), ("auto", "avx512_bf16", "bf16"), ("auto", "", "fp32")])
+def test_precision_flag_picks_the_route_as_the_service_does(
+    tmp_path: Path,
+    tiny_model_path: Path,
+    tiny_artifact: Artifact,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    precision: str,
+    flags: str,
+    route: str,
+) -> None:
+    from contract import device
+
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: fpu avx2 {flags}\n")
+    monkeypatch.setattr(device, "CPUINFO", tmp_path / "cpuinfo")  # the CPU as `auto` sees it
+    caplog.set_level("INFO", logger="sentiment-score")
+    data = [r for i, r in enumerate(rows(40, seed=3)) if i not in BAD]
+    assert score(tmp_path, tiny_model_path, write(tmp_path / "in.jsonl", data), tmp_path / "out.jsonl", "--precision", precision) == 0
+    assert any(m.startswith("model tiny-test-model 0.0.1") and m.endswith(f" in {route}") for m in caplog.messages)
+    got = [r["p_positive"] for r in read(tmp_path / "out.jsonl")]
+    exact = Predictor.from_artifact(tiny_artifact).predict([r["text"] for r in data])
+    worst = max(abs(a - b) for a, b in zip(got, exact, strict=True))
+    assert (0 < worst < 2e-2) if route == "bf16" else worst <= 1e-6
+
+
 def run_failing(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

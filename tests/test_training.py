@@ -110,6 +110,8 @@ def test_smoke_training_exports_a_loadable_model_with_its_card(trained: Path) ->
     summary = json.loads((trained.parent / "metrics.json").read_text())
     assert summary["export_checks"]["parity_max_abs_diff"] <= 1e-5
     assert summary["export_checks"]["padding_max_abs_diff"] <= 1e-5
+    assert summary["export_checks"]["bf16_padding_max_abs_diff"] <= 1e-3 and summary["export_checks"]["bf16_routes_max_abs_diff"] <= 1e-3
+    assert "- bf16 route (tolerance 1e-3 within the route)" in card
     for plot in ("learning_curves.png", "reliability.png", "confusion_matrix.png"):
         assert (trained.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -241,6 +243,7 @@ def test_reexport_keeps_weights_vocab_and_hand_notes_and_bumps_the_version(train
     assert new.manifest.metrics == old.manifest.metrics
     assert new.manifest.training["reexported"]["from_version"] == old.manifest.version
     assert checks["previous_file_max_abs_diff"] <= 1e-5 and checks["routes_max_abs_diff"] <= 1e-5
+    assert checks["bf16_vs_fp32_max_abs_diff"] > 0 and artifact.load(folder / "model.pt", precision="bf16").precision == "bf16"
     x, lengths = pad_batch([old.encoder.encode(t).ids for t in texts])
     with torch.inference_mode():
         assert float((new.module(x, lengths) - old.module(x, lengths)).abs().max()) <= 1e-5

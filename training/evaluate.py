@@ -146,12 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cad-dir", type=Path, default=None, help="folder with CAD's dev_paired.tsv (default: the usual places)")
     parser.add_argument("--limit", type=int, default=None, help="reviews per class (quick checks)")
     parser.add_argument("--no-test", action="store_true", help="skip the 25k IMDb test reviews (robustness sets only)")
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "auto"),
-        default="fp32",
-        help="fp32: the exact route only; bf16 (auto: where the CPU has it): also the bf16 route and its contract against fp32",
-    )
+    routes = "fp32: the exact route only; bf16 (auto: where the CPU has it): also the bf16 route and its contract against fp32"
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help=routes)
     parser.add_argument("--invariance-texts", type=int, default=512, help="test reviews for the padding/batch-mate check (bf16)")
     args = parser.parse_args(argv)
     try:

@@ -28,7 +28,7 @@ async def model_info(runner: Annotated[Runner, Depends(get_runner)]) -> ModelInf
         head_length=manifest.head_length,
         normalizer_version=manifest.normalizer_version,
         device=str(runner.device),
-        precision=runner.artifact.precision,
+        precision=str(runner.artifact.precision),
         created_at=manifest.created_at,
         git_commit=manifest.git_commit,
         metrics=manifest.metrics,
