@@ -243,7 +243,7 @@ def test_reexport_keeps_weights_vocab_and_hand_notes_and_bumps_the_version(train
     assert new.manifest.metrics == old.manifest.metrics
     assert new.manifest.training["reexported"]["from_version"] == old.manifest.version
     assert checks["previous_file_max_abs_diff"] <= 1e-5 and checks["routes_max_abs_diff"] <= 1e-5
-    assert checks["bf16_vs_fp32_max_abs_diff"] > 0 and artifact.load(folder / "model.pt", precision="bf16").precision == "bf16"
+    assert checks["bf16_vs_fp32_max_abs_diff"] <= 0.05 and artifact.load(folder / "model.pt", precision="bf16").precision == "bf16"
     x, lengths = pad_batch([old.encoder.encode(t).ids for t in texts])
     with torch.inference_mode():
         assert float((new.module(x, lengths) - old.module(x, lengths)).abs().max()) <= 1e-5
