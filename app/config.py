@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         "info", description="Server log level (uvicorn and the app); `warning` keeps logs to problems."
     )
     access_log: bool = Field(False, description="Log every request (costs throughput; Prometheus metrics cover the counts).")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object per line (time, level, logger, message; a request's access line adds request_id, "
+        "method, route, status, latency_ms, model_version, and trace_id when tracing is on); `text`: plain lines as uvicorn writes them.",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

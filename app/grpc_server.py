@@ -175,6 +175,7 @@ class GrpcServer:
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=self.settings.max_in_flight,
+            interceptors=self.service.tracing.grpc_interceptors() if self.service.tracing is not None else None,  # telemetry hook
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), server)
         self._health = health_aio.HealthServicer()

@@ -50,6 +50,7 @@ class RequestEnvelope:
         max_body_bytes: int,
         max_in_flight: int,
         fast_lanes: Mapping[tuple[str, str], FastLane] | None = None,
+        access_log: Callable[[Scope, str, int, float], None] | None = None,
     ) -> None:
         self.app = app
         self.fast_lanes = dict(fast_lanes or {})  # (method, path) -> handler that may answer from the body alone
@@ -57,6 +58,7 @@ class RequestEnvelope:
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # requests with a body being handled now
+        self.access_log = access_log  # telemetry hook: app/logs.py's line per request (json logs + access log only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,7 +100,10 @@ class RequestEnvelope:
             template = getattr(route, "path", None) or "unmatched"  # templates, not raw paths: bounded label cardinality
             labels = (scope["method"], template, str(status))
             self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.latency.labels(*labels).observe(elapsed)
+            if self.access_log is not None:  # telemetry hook (app/logs.py)
+                self.access_log(scope, template, status, elapsed)
 
     async def _run_while_connected(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
         """Answer `body`, cancelling the work if the client disconnects first; False if it was cancelled.

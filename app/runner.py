@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from contract.device import ThreadPlan, plan_threads, resolve_device
 from contract.predictor import Predictor, label_and_score
 from contract.text import Token
 from contract.vocab import pad_batch
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 # Encoding costs ~190 ns/char (~0.2 ms for a typical 1.1k-char review; ~0.3 s for a 1 MiB body)
 # and a hop to a helper thread ~0.1-0.5 ms (measured on the 2-core dev box under load). Below this
@@ -60,6 +64,7 @@ class Job:
     n_unknown: int
     truncated: bool
     tokens: list[Token] | None  # kept tokens with spans, aligned with ids (explain only)
+    trace: object | None = None  # telemetry hook: the request's trace context, opaque to the batcher (app/tracing.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,7 @@ class Runner:
         self.threads = threads
         self._metrics = metrics
         self.golden_ok = False
+        self.tracing: Tracing | None = None  # telemetry hook: set by the service when OTEL_* turns tracing on
         self.batcher: Batcher[Job, Output] = Batcher(
             self.forward,
             max_batch_size=max_batch_size,
@@ -211,11 +217,21 @@ class Runner:
             timeout -= time.monotonic() - started
             if timeout <= 0:
                 raise DeadlineExceeded("deadline passed while encoding")
+        if self.tracing is not None:  # telemetry hook (app/tracing.py): the request's span context rides on its jobs
+            enqueued = self.tracing.enqueued()
+            jobs = [replace(job, trace=enqueued) for job in jobs]
         outputs = await self.batcher.submit(jobs, timeout)
         return [self._prediction(job, output) for job, output in zip(jobs, outputs, strict=True)]
 
     def forward(self, jobs: list[Job]) -> list[Output]:
         """One forward pass over a batch (worker thread only)."""
+        if self.tracing is not None:  # telemetry hook (app/tracing.py): the batch's forward and queue-wait spans
+            precision = str(getattr(self, "precision", "fp32"))  # the runner's precision once it has one
+            with self.tracing.batch([j.trace for j in jobs], [len(j.ids) for j in jobs], precision, self.artifact.manifest.version):
+                return self._forward(jobs)
+        return self._forward(jobs)
+
+    def _forward(self, jobs: list[Job]) -> list[Output]:
         started = time.perf_counter()
         explain = jobs[0].explain  # the batcher keys batches on it: a batch is all-explain or all-plain
         outputs = self._explain(jobs) if explain else [Output(p, None) for p in self._predictor.forward([job.ids for job in jobs])]

@@ -38,12 +38,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.errors import NotReady
 from app.metrics import Metrics
 from app.runner import Runner
 from contract.artifact import Artifact
+
+if TYPE_CHECKING:
+    from app.tracing import Tracing
 
 logger = logging.getLogger("app")
 
@@ -56,8 +60,9 @@ GOLDEN_FAILED = "model failed the built-in golden check (it mislabels known exam
 class Service:
     """One app's lifecycle: `start()`, `ready()`, `begin_drain()`, `stop()`; restartable (tests run lifespans twice)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, artifact: Artifact | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, artifact: Artifact | None = None, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing  # telemetry hook: None unless OTEL_* turns tracing on (app/tracing.py)
         self._metrics = metrics
         self._artifact = artifact  # already loaded and verified (cli), else loaded from settings.model_path in start()
         self._runner: Runner | None = None
@@ -108,6 +113,7 @@ class Service:
         self._delay_passed = asyncio.Event()
         self._stopping = None
         runner = await asyncio.to_thread(Runner.from_settings, self.settings, self._metrics, self._artifact)
+        runner.tracing = self.tracing  # telemetry hook
         await runner.start()
         manifest = runner.artifact.manifest
         self._metrics.track_queue(lambda: runner.queue_depth)
@@ -158,6 +164,8 @@ class Service:
             await self._stopping
         if self._runner is not None:
             await self._runner.close()
+        if self.tracing is not None:  # telemetry hook: export the last spans
+            await asyncio.to_thread(self.tracing.force_flush)
 
     async def _stop_listeners(self, delay: float) -> None:
         assert self._delay_passed is not None
