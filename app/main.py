@@ -76,12 +76,12 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     app.state.metrics = metrics
     app.state.service = service
     errors.install(app)
+    app.add_middleware(predict.FastLane, service=service, metrics=metrics)  # inside the envelope: gets the body it read
     app.add_middleware(
         RequestEnvelope,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
-        fast_lanes={("POST", "/predict"): predict.fast_lane},
     )
     if settings.cors_origins:  # added last = outermost, so even error answers carry CORS headers
         app.add_middleware(
