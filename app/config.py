@@ -98,6 +98,17 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="If set, /predict and /v2/models/*/infer need `Authorization: Bearer <key>`; health, metrics, docs stay open."
     )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="If set, `POST /admin/reload` exists and needs `Authorization: Bearer <key>`: it reloads the model from "
+        "model_path without a restart (SIGHUP does the same). Unset = no admin routes.",
+    )
+    model_watch_s: float = Field(
+        0.0,
+        ge=0,
+        description="Check model_path's modification time and size every this many seconds and reload the model when they "
+        "change (say, a Kubernetes volume update); 0 = off.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty turns CORS off."
     )
@@ -150,7 +161,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("api_key", mode="after")
+    @field_validator("api_key", "admin_key", mode="after")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None

@@ -56,6 +56,16 @@ class Unauthorized(ServiceError):
     headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    status, type, grpc_code = 403, "forbidden", "PERMISSION_DENIED"
+
+
+class ReloadFailed(ServiceError):
+    """The model file failed to load, verify or pass the golden check: the model serving before still serves."""
+
+    status, type, grpc_code = 422, "reload_failed", "FAILED_PRECONDITION"
+
+
 class NotFound(ServiceError):
     status, type, grpc_code = 404, "not_found", "NOT_FOUND"
 
@@ -90,7 +100,14 @@ BATCHER_ERRORS: dict[type[Exception], type[ServiceError]] = {
     batcher.DeadlineExceeded: Timeout,
 }
 
-HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 def error_response(path: str, status: int, type_: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

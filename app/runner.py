@@ -72,7 +72,7 @@ class Runner:
         self.device = torch.device(device)
         self.threads = threads
         self.predictor = Predictor(artifact.module, artifact.encoder, self.device)
-        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         self._metrics = metrics
 
     @classmethod

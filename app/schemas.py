@@ -176,6 +176,16 @@ class ModelInfo(BaseModel):
         default_factory=dict,
         description="The robustness holdout left out of training (sha256 of the list, reviews listed and dropped); empty if it was not.",
     )
+    loaded_at: str = Field(description="When this process loaded the model (ISO 8601, UTC): changes with each reload.")
+
+
+class ReloadResponse(BaseModel):
+    """The model now serving, after `POST /admin/reload`."""
+
+    name: str
+    version: str
+    file_sha256: str
+    loaded_at: str
 
 
 # ---------------------------------------------------------------- Open Inference Protocol v2

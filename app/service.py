@@ -47,13 +47,14 @@ import contextlib
 import functools
 import hmac
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from app.batcher import Batcher, BatchStats
 from app.config import Settings
-from app.errors import BATCHER_ERRORS, InvalidInput, NotReady, Timeout, Unauthorized
+from app.errors import BATCHER_ERRORS, Forbidden, InvalidInput, NotReady, ReloadFailed, Timeout, Unauthorized
 from app.metrics import Metrics
 from app.request_context import RequestContext
 from app.runner import Job, Output, Runner, init_thread, kind, process
@@ -133,6 +134,9 @@ class Service:
         self._listeners: list[Callable[[], Awaitable[None]]] = []
         self._delay_passed: asyncio.Event | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reloading = asyncio.Lock()  # one reload at a time; a second waits, then loads the file as it is then
+        self._tasks: set[asyncio.Task[object]] = set()  # reloads asked for by signal, and the file watch
 
     @property
     def model(self) -> Runner:
@@ -236,6 +240,82 @@ class Service:
             self._metrics.observe_text(len(job.ids) if job.n_tokens else 0, job.n_unknown, job.truncated)
         return jobs
 
+    # ---------------------------------------------------------------- reload
+
+    def check_admin_key(self, admin_key: str | None) -> None:
+        """Unauthorized without a bearer token, Forbidden with another than settings.admin_key (compared in constant time)."""
+        expected = self.settings.admin_key
+        if admin_key is None:
+            raise Unauthorized("missing `Authorization: Bearer <admin key>` header")
+        if expected is None or not hmac.compare_digest(admin_key.encode(), expected.get_secret_value().encode()):
+            raise Forbidden("invalid admin key")
+
+    async def reload(self) -> Runner:
+        """Load settings.model_path beside the serving model, verify and golden-check it, then serve it; its runner.
+
+        Loading runs on a helper thread and the golden check on a model worker,
+        never on the event loop. The swap is one assignment between batches:
+        texts already queued were encoded for the old model and finish on it
+        (their batches are keyed on it), new requests get the new one. A file
+        that fails anything raises ReloadFailed and changes nothing; either way
+        sentiment_model_reloads_total{result} counts it.
+        """
+        async with self._reloading:
+            batcher = self._batcher
+            if batcher is None or not batcher.accepting:
+                raise NotReady("not serving: nothing to reload")
+            try:
+                runner = await asyncio.to_thread(Runner.load, self.settings, self._metrics)
+                golden_ok = await batcher.call(golden_check, runner)
+            except Exception as exc:  # ArtifactError, DeviceUnavailable, a broken file torch cannot read...
+                return self._reload_failed(f"{type(exc).__name__}: {exc}")
+            if not golden_ok:
+                return self._reload_failed(GOLDEN_FAILED)
+            old, self._runner = self._runner, runner
+            self._artifact = None  # a restarted lifespan loads the file too; and the old model is referenced nowhere
+            manifest = runner.artifact.manifest
+            self._metrics.set_model(manifest.name, manifest.version, str(runner.device))
+            self._metrics.observe_reload(ok=True)
+            was = f"{old.artifact.manifest.version} ({old.artifact.file_sha256[:12]})" if old is not None else "none"
+            logger.info(
+                "reloaded %s: now %s %s (%s), was %s",
+                self.settings.model_path,
+                manifest.name,
+                manifest.version,
+                runner.artifact.file_sha256[:12],
+                was,
+            )
+            return runner
+
+    def _reload_failed(self, reason: str) -> Runner:
+        self._metrics.observe_reload(ok=False)
+        logger.error("model reload from %s failed, still serving the model loaded before: %s", self.settings.model_path, reason)
+        raise ReloadFailed(f"{self.settings.model_path}: {reason}; still serving the model loaded before")
+
+    def reload_soon(self) -> None:
+        """Start a reload from any thread, a signal handler included (SIGHUP); its outcome is logged and counted."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._spawn, self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ReloadFailed, NotReady):
+            await self.reload()
+
+    def _spawn(self, coroutine: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, every: float) -> None:
+        """Reload when model_path's modification time or size changes (checked every `every` seconds)."""
+        seen = _file_state(self.settings.model_path)
+        while True:
+            await asyncio.sleep(every)
+            now = _file_state(self.settings.model_path)
+            if now != seen and now is not None:
+                seen = now
+                await self._reload_quietly()
+
     # ---------------------------------------------------------------- lifecycle
 
     def on_drain(self, callback: Callable[[], None]) -> None:
@@ -257,6 +337,7 @@ class Service:
         self._draining = False
         self._delay_passed = asyncio.Event()
         self._stopping = None
+        self._loop = asyncio.get_running_loop()
         runner = await asyncio.to_thread(Runner.load, self.settings, self._metrics, self._artifact)
         batcher: Batcher[Job, Output] = Batcher(
             process,
@@ -285,6 +366,8 @@ class Service:
             )
         else:
             logger.error("model %s %s failed the golden check: /health/ready stays 503", manifest.name, manifest.version)
+        if self.settings.model_watch_s:
+            self._spawn(self._watch(self.settings.model_watch_s))
 
     def _observe_batch(self, stats: BatchStats) -> None:
         _, explain = stats.key  # type: ignore[misc]  # Job.batch_key: (runner, explain)
@@ -320,6 +403,9 @@ class Service:
         self._delay_passed.set()  # the HTTP server is done: what is left of the delay is of no use
         if self._stopping is not None:
             await self._stopping
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._batcher is not None:
             await self._batcher.close()
 
@@ -332,6 +418,15 @@ class Service:
         for result in results:
             if isinstance(result, BaseException):
                 logger.error("a listener failed to stop cleanly", exc_info=result)
+
+
+def _file_state(path: os.PathLike[str] | str) -> tuple[int, int] | None:
+    """(mtime in ns, size) of the file, None while it is missing (mid-replacement)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def check_api_key(settings: Settings, api_key: str | None) -> None:

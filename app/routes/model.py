@@ -30,4 +30,5 @@ async def model_info(request: Request) -> ModelInfo:
         git_commit=manifest.git_commit,
         metrics=manifest.metrics,
         holdout=manifest.holdout,
+        loaded_at=runner.loaded_at,
     )
