@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import Scope
@@ -23,9 +23,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from app import tracing
 from app.config import Settings
-
-if TYPE_CHECKING:
-    from app.service import Service
+from app.middleware import model_version
 
 TEXT_FORMAT = "%(levelname)s:     %(name)s: %(message)s"
 access_logger = logging.getLogger("app.access")
@@ -56,7 +54,7 @@ def configure(settings: Settings) -> dict[str, Any]:
     return {"log_config": None, "access_log": False}  # uvicorn's loggers propagate here; the access line is the app's
 
 
-def access_log(settings: Settings, service: Service) -> AccessLog | None:
+def access_log(settings: Settings) -> AccessLog | None:
     """The request envelope's per-request line: only in json form with SENTIMENT_ACCESS_LOG on (text keeps uvicorn's)."""
     if settings.log_format != "json" or not settings.access_log:
         return None
@@ -68,18 +66,11 @@ def access_log(settings: Settings, service: Service) -> AccessLog | None:
             "route": route,
             "status": status,
             "latency_ms": round(seconds * 1000, 3),
-            "model_version": _model_version(service),
+            "model_version": model_version(scope),  # the one that answered (None: no model did), not the one serving now
         }
         access_logger.info("%s %s %d", scope.get("method"), scope.get("path"), status, extra=extra)
 
     return log
-
-
-def _model_version(service: Service) -> str | None:
-    try:
-        return service.runner.artifact.manifest.version
-    except Exception:  # not started yet: the line is still written
-        return None
 
 
 def _trace_ids() -> Callable[[logging.LogRecord], bool]:

@@ -1,8 +1,9 @@
 """The FastAPI app (`create_app`) and the `sentiment-serve` command (`cli`).
 
 The lifespan starts and stops the app's `Service` (app/service.py: the model,
-readiness, draining); `cli` runs it behind `app.server.Server`, which turns
-SIGTERM into the service's drain and closes connections without losing any.
+readiness, draining, reload); `cli` runs it behind `app.server.Server`, which
+turns SIGTERM into the service's drain and closes connections without losing
+any, and turns SIGHUP into a model reload (`Service.reload`).
 With SENTIMENT_GRPC_PORT set, the lifespan also starts app/grpc_server.py on
 the same loop and runner; the service's drain stops it.
 """
@@ -25,7 +26,7 @@ from app import allocator, errors, logs, tracing
 from app.config import Settings
 from app.metrics import Metrics
 from app.middleware import RequestEnvelope
-from app.routes import demo, docs, health, model, oip, predict
+from app.routes import admin, demo, docs, health, model, oip, predict
 from app.routes import metrics as metrics_route
 from app.runner import DeviceUnavailable, resolve_device
 from app.server import Protocol, Server
@@ -78,13 +79,13 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     app.state.metrics = metrics
     app.state.service = service
     errors.install(app)
+    app.add_middleware(predict.FastLane, service=service, metrics=metrics)  # inside the envelope: gets the body it read
     app.add_middleware(
         RequestEnvelope,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
-        fast_lanes={("POST", "/predict"): predict.fast_lane},
-        access_log=logs.access_log(settings, service),  # telemetry hook
+        access_log=logs.access_log(settings),  # telemetry hook
     )
     if settings.cors_origins:  # added last = outermost, so even error answers carry CORS headers
         app.add_middleware(
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
         app.add_middleware(ResponseTraceparent, tracing=tracer)
     for module in (predict, health, model, metrics_route, oip, demo, docs):
         app.include_router(module.router)
+    if settings.admin_key is not None:
+        app.include_router(admin.router)
     return app
 
 
@@ -158,7 +161,9 @@ def cli(argv: list[str] | None = None) -> None:
         limit_concurrency=settings.max_connections,
         server_header=False,
     )
-    server = Server(config, app.state.service)
+    service: Service = app.state.service
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: service.reload_soon())  # reload the model file, keep serving
+    server = Server(config, service)
     try:
         server.run()
     except KeyboardInterrupt:

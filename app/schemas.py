@@ -1,21 +1,23 @@
-"""Request and response bodies (with the examples /docs shows), for /predict, health, /model and OIP v2.
+"""What HTTP clients send and get: request and response bodies (with the examples /docs shows), for /predict,
+health, /model and OIP v2, and the two inference headers (bearer token, deadline) read into plain values.
 
 Static rules (types, exactly one of text/texts, no blank text) live here;
-limits that depend on settings are checked by `check_texts`.
+limits that depend on settings are the service's (`Service.predict`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
 from typing import Annotated, Any, Literal
 
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from app.errors import InvalidInput
 
 
 def not_blank(text: str) -> str:
-    """The one blank-text check (/predict's `Text`, and OIP's tensors through app/model_io.py)."""
+    """The one blank-text check (/predict's `Text`, and OIP's tensors through app/oip_tensors.py)."""
     if not text.strip():
         raise ValueError("text must not be empty or whitespace only")
     return text
@@ -29,13 +31,24 @@ Text = Annotated[StrictStr, AfterValidator(not_blank), Field(json_schema_extra={
 REVIEW = "A wonderful, moving film. I loved every minute of it!"
 
 
-def check_texts(texts: list[str], *, field: str, item: Callable[[int], str], max_items: int, max_chars: int) -> None:
-    """Settings-dependent limits -> 422 naming the offending field or item (`item(i)` names text i)."""
-    if len(texts) > max_items:
-        raise InvalidInput(f"{field}: {len(texts)} items, at most {max_items} per request")
-    for i, text in enumerate(texts):
-        if len(text) > max_chars:
-            raise InvalidInput(f"{item(i)}: {len(text)} characters, at most {max_chars} per text")
+# Milliseconds as a plain positive integer (1 .. 999999999): the header's documented pattern and `timeout_header`'s check.
+TIMEOUT_MS_PATTERN = r"^[1-9][0-9]{0,8}$"
+_TIMEOUT_MS = re.compile(TIMEOUT_MS_PATTERN)
+
+
+def timeout_header(value: str | None) -> float | InvalidInput | None:
+    """`X-Request-Timeout-Ms` in seconds (None: absent), or the InvalidInput naming the header, for `Service.admit` to raise."""
+    if value is None:
+        return None
+    if not _TIMEOUT_MS.fullmatch(value):
+        return InvalidInput(f"X-Request-Timeout-Ms must be a whole number of milliseconds from 1 to 999999999, got {value!r}")
+    return int(value) / 1000
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value, else None: read as FastAPI's HTTPBearer reads it."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    return token if scheme.lower() == "bearer" and token else None
 
 
 # ---------------------------------------------------------------- /predict
@@ -163,6 +176,16 @@ class ModelInfo(BaseModel):
         default_factory=dict,
         description="The robustness holdout left out of training (sha256 of the list, reviews listed and dropped); empty if it was not.",
     )
+    loaded_at: str = Field(description="When this process loaded the model (ISO 8601, UTC): changes with each reload.")
+
+
+class ReloadResponse(BaseModel):
+    """The model now serving, after `POST /admin/reload`."""
+
+    name: str
+    version: str
+    file_sha256: str
+    loaded_at: str
 
 
 # ---------------------------------------------------------------- Open Inference Protocol v2
@@ -205,14 +228,14 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
-# The protocol's tensor datatypes (this model takes BYTES; app/model_io.py says so for the others).
+# The protocol's tensor datatypes (this model takes BYTES; app/oip_tensors.py says so for the others).
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"
 ]
 
 
-# The served model's one input and one output (app/model_io.py). The models below validate the protocol in
-# general (so app/model_io.py can name what is wrong with a request for another model); their schema says
+# The served model's one input and one output (app/oip_tensors.py). The models below validate the protocol in
+# general (so app/oip_tensors.py can name what is wrong with a request for another model); their schema says
 # what this server accepts: that input, BYTES, non-blank texts, that output. What JSON Schema cannot say: the
 # product of `shape` must equal the number of elements (422 otherwise).
 def _integral(value: object) -> object:

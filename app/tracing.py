@@ -5,8 +5,8 @@ names an exporter (`otlp`, `console`, `otlp,console`...) and OTEL_SDK_DISABLED i
 not `true`; unset, empty or `none` is off. (The OTel spec's default exporter is
 `otlp`: here unset means off, so a service nobody configured never dials a
 collector.) Off, `from_env()` returns None without importing the SDK: no
-middleware, no interceptor, and one `is not None` branch per request and per
-batch in the runner. On, everything else is the SDK's own reading of OTEL_*:
+middleware, no interceptor, and one `is not None` branch per request
+(`Service.predict`); the batcher runs the plain `process`. On, everything else is the SDK's own reading of OTEL_*:
 exporters by name through the SDK's auto-configuration helpers (the ones
 `opentelemetry-instrument` uses), OTEL_EXPORTER_OTLP_ENDPOINT / _PROTOCOL /
 _HEADERS by the exporters, OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES by the
@@ -28,8 +28,10 @@ Spans:
   request span of every request in it; its parent is the oldest of them (the
   request the batcher cut the batch for), since a span lives in one trace.
 
-The batcher carries each request's trace context as an opaque object on its
-jobs (`enqueued()`); the runner opens the batch's spans (`batch()`).
+Each request's trace context rides to its batch on its `RequestContext`
+(`enqueued()`, stamped by `Service.predict` once its texts are encoded, as they
+queue), which every queued job keeps; `app.runner.traced_process`, the batcher's
+`process` when tracing is on, opens the batch's spans (`batch()`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def from_env() -> Tracing | None:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Enqueued:
-    """A request's span context and the moment its texts were queued: what rides on each job through the batcher."""
+    """A request's span context and the moment its texts were queued: what rides on RequestContext.trace to the batch."""
 
     context: SpanContext
     at_ns: int  # time.time_ns()

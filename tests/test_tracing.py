@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from app import tracing
 from app.config import Settings
 from app.main import create_app
+from app.runner import Runner
 from contract.artifact import Artifact
 
 pytest.importorskip("opentelemetry.sdk", reason="the [otel] extra is not installed")
@@ -88,19 +89,19 @@ async def test_a_predict_yields_request_queue_wait_and_forward_spans_in_the_clie
 
 
 async def test_the_forward_span_links_to_every_request_that_shared_its_batch(
-    traced: Callable[..., Any], exporter: InMemorySpanExporter
+    traced: Callable[..., Any], exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    run_batch, gate, held = Runner.run_batch, threading.Event(), threading.Event()
+
+    def gated(runner: Runner, jobs: list[Any]) -> Any:  # the first batch holds the one worker until both requests wait behind it
+        if not held.is_set():
+            held.set()
+            gate.wait(10)
+        return run_batch(runner, jobs)
+
     async with traced(model_workers=1) as (client, app):
-        batcher = app.state.service.runner.batcher
-        process, gate, held = batcher._process, threading.Event(), threading.Event()
-
-        def gated(jobs: list[Any]) -> Any:  # the first batch holds the one worker until both requests wait behind it
-            if not held.is_set():
-                held.set()
-                gate.wait(10)
-            return process(jobs)
-
-        batcher._process = gated
+        service = app.state.service
+        monkeypatch.setattr(Runner, "run_batch", gated)  # after start: the golden check ran ungated
         blocker = asyncio.ensure_future(client.post("/predict", json={"text": "first in"}))
         while not held.is_set():
             await asyncio.sleep(0.005)
@@ -109,7 +110,7 @@ async def test_the_forward_span_links_to_every_request_that_shared_its_batch(
             asyncio.ensure_future(client.post("/predict", json={"text": "the same words"}, headers={"traceparent": traceparent(i)}))
             for i in ids
         ]
-        while batcher.depth < 2:
+        while service.queue_depth < 2:
             await asyncio.sleep(0.005)
         gate.set()
         answers = await asyncio.gather(blocker, *posts)
@@ -149,6 +150,7 @@ import asyncio, json, sys
 import httpx
 from app.config import Settings
 from app.main import create_app
+from app.runner import Runner
 
 async def main():
     app = create_app(Settings(model_path=sys.argv[1], device="cpu", torch_threads=1))

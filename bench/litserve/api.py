@@ -41,7 +41,7 @@ class SentimentAPI(ls.LitAPI):
         return request["text"]
 
     def predict(self, texts: list[str]) -> list[float]:
-        probs = self.predictor.forward([e.ids for e in self.predictor.encode(texts)])
+        probs = self.predictor.predict_batch([e.ids for e in self.predictor.encode(texts)])
         self.batches += 1
         self.texts += len(texts)
         self._write_stats()
