@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 DEFAULT_MAX_TEXT_CHARS = 100_000  # the service's SENTIMENT_MAX_TEXT_CHARS and sentiment-score's --max-text-chars
 BLANK = "text must not be empty or whitespace only"
@@ -42,9 +42,10 @@ class Scored:
     truncated: bool = _field("bool_", "True when the text was longer than the model reads (head + tail kept).")
 
     @classmethod
-    def of(cls, p_positive: float, labels: tuple[str, str], n_tokens: int, truncated: bool) -> Scored:
+    def of(cls, p_positive: float, labels: tuple[str, str], n_tokens: int, truncated: bool, **extra: Any) -> Self:
+        """The record for P(positive); `extra` fills a subclass's own fields (the service's explanation)."""
         label, score = label_and_score(p_positive, labels)
-        return cls(label, score, p_positive, n_tokens, truncated)
+        return cls(label, score, p_positive, n_tokens, truncated, **extra)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields by name, in FIELDS order (JSON bodies, bulk rows)."""

@@ -42,6 +42,16 @@ def test_the_field_table_is_the_record() -> None:
         record.label = "positive"  # type: ignore[misc]
 
 
+def test_a_subclass_adds_its_own_fields_after_the_record() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithExplanation(scored.Scored):  # what app/runner.py's Prediction can be
+        explanation: list[float] | None = None
+
+    made = WithExplanation.of(0.75, ("neg", "pos"), 4, True, explanation=[0.5])
+    assert isinstance(made, WithExplanation) and made.explanation == [0.5]
+    assert made.as_dict() == {"label": "pos", "score": 0.75, "p_positive": 0.75, "n_tokens": 4, "truncated": True}
+
+
 def test_arrow_fields_follow_the_python_types_and_are_nullable() -> None:
     fields = scored.arrow_fields()
     assert [f.name for f in fields] == list(scored.COLUMNS)
