@@ -16,6 +16,7 @@ from app.batcher import BatchPolicy
 from contract.artifact import MODEL_FILE as MODEL_FILE  # re-exported for tests
 from contract.artifact import default_model_path
 from contract.predictor import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS
+from contract.scored import DEFAULT_MAX_TEXT_CHARS
 
 # Batches of 2-15 texts used to cost more than their texts one by one on CPU (mixed lengths through the
 # packed BiLSTM), hence a minimum of 16 there. The batcher now cuts batches of similar lengths (max_padding)
@@ -80,7 +81,7 @@ class Settings(BaseSettings):
         256, ge=1, description="Most texts in one request (422 beyond), so one client cannot fill the queue."
     )
     max_text_chars: int = Field(
-        100_000, ge=1, description="Most characters per text (422 beyond); longer token sequences are truncated head+tail."
+        DEFAULT_MAX_TEXT_CHARS, ge=1, description="Most characters per text (422 beyond); longer token sequences are truncated head+tail."
     )
     max_body_bytes: int = Field(1 << 20, ge=1, description="Most bytes per request body (413 beyond), counted while streaming.")
     request_timeout_ms: int = Field(

@@ -11,21 +11,32 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi.security.utils import get_authorization_scheme_param
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    create_model,
+    model_validator,
+)
 
 from app.errors import InvalidInput
+from contract import scored
+from contract.scored import NOT_BLANK_PATTERN
 
 
 def not_blank(text: str) -> str:
-    """The one blank-text check (/predict's `Text`, and OIP's tensors through app/oip_tensors.py)."""
-    if not text.strip():
-        raise ValueError("text must not be empty or whitespace only")
+    """contract.scored's blank-text rule as a validator (/predict's `Text`, and OIP's tensors through app/oip_tensors.py)."""
+    error = scored.blank_error(text)
+    if error is not None:
+        raise ValueError(error)
     return text
 
 
-# The schema's words for what `not_blank` enforces: a character outside Python's whitespace (str.isspace, what
-# strip() removes). Spelled out because regex engines' `\s` differ (ECMA's includes U+FEFF, Python's not U+001C).
-NOT_BLANK_PATTERN = "[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 Text = Annotated[StrictStr, AfterValidator(not_blank), Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN})]
 
 REVIEW = "A wonderful, moving film. I loved every minute of it!"
@@ -106,13 +117,13 @@ class Explanation(BaseModel):
     tokens: list[TokenAttribution]
 
 
-class PredictionOut(BaseModel):
-    label: str = Field(description="`positive` or `negative`.")
-    score: float = Field(description="Calibrated probability of `label`.")
-    p_positive: float = Field(description="Calibrated probability of `positive`.")
-    n_tokens: int = Field(description="Tokens in the text before truncation.")
-    truncated: bool = Field(description="True when the text was longer than the model reads (head + tail kept).")
-    explanation: Explanation | None = None
+# contract.scored's record, its fields in order, plus the explanation only the service gives.
+PredictionOut = create_model(
+    "PredictionOut",
+    __doc__="One text's prediction: contract.scored's record, and token attributions when asked.",
+    **{f.name: (f.python_type, Field(description=f.description)) for f in scored.FIELDS},
+    explanation=(Explanation | None, None),
+)
 
 
 class PredictResponse(BaseModel):

@@ -59,9 +59,10 @@ from app.errors import BATCHER_ERRORS, Forbidden, InvalidInput, NotReady, Reload
 from app.metrics import Metrics
 from app.request_context import RequestContext
 from app.runner import Job, Output, Runner, init_thread, kind, process, traced_process
+from contract import scored
 from contract.artifact import Artifact
 from contract.manifest import Manifest
-from contract.predictor import label_and_score
+from contract.scored import Scored
 
 if TYPE_CHECKING:
     from app.tracing import Tracing
@@ -95,13 +96,10 @@ class Attribution:
 
 
 @dataclass(frozen=True, slots=True)
-class Prediction:
-    label: str
-    score: float  # probability of `label`
-    p_positive: float
-    n_tokens: int
-    truncated: bool
-    explanation: list[Attribution] | None
+class Prediction(Scored):
+    """The scored record (contract/scored.py) plus what only the service gives: the explanation."""
+
+    explanation: list[Attribution] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +223,8 @@ class Service:
         if len(texts) > max_items:
             raise InvalidInput(f"{field.name}: {len(texts)} items, at most {max_items} per request")
         for i, text in enumerate(texts):
-            if len(text) > max_chars:
-                raise InvalidInput(f"{field.item(i)}: {len(text)} characters, at most {max_chars} per text")
+            if (error := scored.length_error(text, max_chars)) is not None:
+                raise InvalidInput(f"{field.item(i)}: {error}")
 
     async def _encode(
         self, runner: Runner, batcher: Batcher[Job, Output], texts: Sequence[str], explain: bool, context: RequestContext
@@ -475,10 +473,8 @@ def golden_check(runner: Runner) -> bool:
 
 def prediction(job: Job, output: Output, labels: tuple[str, str]) -> Prediction:
     """One text's answer: label and score from P(positive), and the explanation's tokens with their spans."""
-    p = output.p_positive
-    label, score = label_and_score(p, labels)
     explanation = None
     if job.tokens is not None and output.attributions is not None:
         # zip: a text without tokens was encoded as [UNK] and has no token to attribute
         explanation = [Attribution(t.text, t.start, t.end, a) for t, a in zip(job.tokens, output.attributions, strict=False)]
-    return Prediction(label=label, score=score, p_positive=p, n_tokens=job.n_tokens, truncated=job.truncated, explanation=explanation)
+    return Prediction.of(output.p_positive, labels, job.n_tokens, job.truncated, explanation=explanation)

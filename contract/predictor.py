@@ -144,8 +144,3 @@ class Predictor:
     def predict(self, texts: Sequence[str]) -> list[float]:
         """P(positive) per text, in input order."""
         return self.predict_ids([e.ids for e in self.encode(texts)])
-
-
-def label_and_score(p_positive: float, labels: tuple[str, str]) -> tuple[str, float]:
-    """(label, probability of that label) for P(positive); labels = (label of p < 0.5, label of p >= 0.5)."""
-    return (labels[1], p_positive) if p_positive >= 0.5 else (labels[0], 1.0 - p_positive)

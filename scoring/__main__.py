@@ -23,6 +23,8 @@ import torch
 from contract import artifact as artifact_io
 from contract.device import DeviceUnavailable, ThreadPlan, available_cores, plan_threads, resolve_device
 from contract.predictor import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, Predictor
+from contract.scored import DEFAULT_MAX_TEXT_CHARS
+from scoring.columns import TextColumn
 from scoring.io import STDIO, InputError, InvalidRow, Source, WriteFailed, open_sink, open_source, partial_path, replaced_columns
 from scoring.local import Summary, score_chunks
 from scoring.resume import Checkpoint, Job, ResumeRefused, input_identity, record_path
@@ -34,7 +36,7 @@ DEFAULT_RAY_BATCH_ROWS = 1024  # rows per actor call: smaller, so that a few tho
 # The options that change the bytes written: which rows share a forward pass (chunk and batch limits) changes a
 # probability's last bits. Torch threads and workers do not (1 vs 2 threads: bit-equal on 400 IMDb reviews), so a
 # run may resume on a machine with other cores. "precision" counts once the option exists.
-OUTPUT_SETTINGS = ("text_column", "skip_bad", "chunk_rows", "batch_size", "max_batch_tokens", "precision")
+OUTPUT_SETTINGS = ("text_column", "max_text_chars", "skip_bad", "chunk_rows", "batch_size", "max_batch_tokens", "precision")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output file (format from its extension), '-' for JSONL on stdout; with --engine ray also a directory"
     )
     p.add_argument("--text-column", default="text", help="the column holding the text to score (default: text)")
+    p.add_argument(
+        "--max-text-chars",
+        type=positive,
+        default=DEFAULT_MAX_TEXT_CHARS,
+        help=f"longer texts get an error value instead of a prediction, as the service answers 422 (default {DEFAULT_MAX_TEXT_CHARS})",
+    )
     p.add_argument("--model", default=None, help="model file (default: models/sentiment.pt, as the service)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument(
@@ -71,6 +79,17 @@ def parser() -> argparse.ArgumentParser:
         "--out-format", choices=("csv", "jsonl", "parquet"), default=None, help="format of a directory output (default: the input's)"
     )
     return p
+
+
+def positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def text_column(args: argparse.Namespace) -> TextColumn:
+    return TextColumn(args.text_column, args.max_text_chars)
 
 
 def check_column(source: Source, chunks: Iterator[list[dict[str, Any]]], column: str) -> Iterable[list[dict[str, Any]]]:
@@ -157,7 +176,7 @@ def run_local(
     summary = Summary(resumed_after=done)
     with StopRequests() as stop, open_source(args.input, args.chunk_rows) as source, open_sink(args.out, source, checkpoint) as sink:
         chunks = skip_rows(check_column(source, source.chunks, args.text_column), done)
-        scored = score_chunks(chunks, predictor, labels, args.text_column, plan, skip_bad=args.skip_bad, summary=summary)
+        scored = score_chunks(chunks, predictor, labels, text_column(args), plan, skip_bad=args.skip_bad, summary=summary)
         with progress_bar(source.total_rows, args.quiet, done) as bar, contextlib.closing(scored):
             for chunk in scored:
                 sink.write(chunk)
@@ -186,7 +205,7 @@ def run_ray(args: argparse.Namespace, model_path: str) -> Summary:
             device=args.device,
             actors=args.workers,
             torch_threads=args.threads or 1,
-            text_column=args.text_column,
+            text=text_column(args),
             skip_bad=args.skip_bad,
             batch_rows=args.chunk_rows,
             out_format=args.out_format,

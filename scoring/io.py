@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from scoring.columns import MISSING, OUTPUT_COLUMNS, Unreadable
+from contract import scored
+from scoring.columns import MISSING, Unreadable
 from scoring.resume import Checkpoint, ResumeRefused, record_path
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -185,12 +186,12 @@ def partial_path(path: str) -> Path:
 
 
 def replaced_columns(input_columns: Sequence[str]) -> list[str]:
-    return [c for c in input_columns if c in OUTPUT_COLUMNS]
+    return [c for c in input_columns if c in scored.COLUMNS]
 
 
 def output_columns(input_columns: Sequence[str]) -> list[str]:
     """The input's columns (any named like a scoring column are replaced), then the scoring columns."""
-    return [c for c in input_columns if c not in OUTPUT_COLUMNS] + list(OUTPUT_COLUMNS)
+    return [c for c in input_columns if c not in scored.COLUMNS] + list(scored.COLUMNS)
 
 
 def _csv_cell(value: Any) -> Any:
@@ -310,23 +311,15 @@ class Sink:
         self._parts += 1
 
     def _parquet_schema(self, pyarrow: Any, rows: list[dict[str, Any]]) -> Any:
-        scored = [
-            pyarrow.field("label", pyarrow.string()),
-            pyarrow.field("score", pyarrow.float64()),
-            pyarrow.field("p_positive", pyarrow.float64()),
-            pyarrow.field("n_tokens", pyarrow.int64()),
-            pyarrow.field("truncated", pyarrow.bool_()),
-            pyarrow.field("error", pyarrow.string()),
-        ]
         if self.source.arrow_schema is not None:
-            kept = [f for f in self.source.arrow_schema if f.name not in OUTPUT_COLUMNS]
+            kept = [f for f in self.source.arrow_schema if f.name not in scored.COLUMNS]
         else:
             names = self.source.columns or list(dict.fromkeys(k for r in rows for k in r))
             inferred = pyarrow.Table.from_pylist([{n: r.get(n) for n in names} for r in rows]).schema
             kept = [
-                f if not pyarrow.types.is_null(f.type) else f.with_type(pyarrow.string()) for f in inferred if f.name not in OUTPUT_COLUMNS
+                f if not pyarrow.types.is_null(f.type) else f.with_type(pyarrow.string()) for f in inferred if f.name not in scored.COLUMNS
             ]
-        return pyarrow.schema(kept + scored)
+        return pyarrow.schema(kept + scored.arrow_fields())
 
     def commit(self, rows_done: int) -> None:
         """Make what was written durable, then record it with `rows_done` input rows: on resume the partial is trusted up to here."""

@@ -45,7 +45,7 @@ def score_chunks(
     chunks: Iterable[list[dict[str, Any]]],
     predictor: Predictor,
     labels: tuple[str, str],
-    text_column: str,
+    text: scored_columns.TextColumn,
     threads: ThreadPlan,
     *,
     skip_bad: bool = False,
@@ -78,7 +78,7 @@ def score_chunks(
     pool = ThreadPoolExecutor(threads.workers, thread_name_prefix="model-worker", initializer=init_thread)
     try:
         for chunk in chunks:
-            prepared = scored_columns.prepare(encoder, [text_value(row, text_column) for row in chunk])
+            prepared = scored_columns.prepare(encoder, [text_value(row, text.name) for row in chunk], text.max_chars)
             held.append((chunk, prepared, predictor.submit(prepared.ids, pool)))
             if len(held) >= depth:
                 yield finish(*held.popleft())

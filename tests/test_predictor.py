@@ -10,7 +10,8 @@ import pytest
 
 from contract import artifact as artifact_io
 from contract.artifact import Artifact
-from contract.predictor import Predictor, label_and_score, length_sorted_batches
+from contract.predictor import Predictor, length_sorted_batches
+from contract.scored import label_and_score
 from tests import tiny_model
 from tests.conftest import ServeFactory
 

@@ -196,6 +196,7 @@ def test_resume_refuses_another_input_model_or_settings(
     )
     assert "(batch_size 1 -> 2)" in refused("--batch-size", "2")
     assert "(skip_bad False -> True)" in refused("--skip-bad")
+    assert "(max_text_chars 100000 -> 50)" in refused("--max-text-chars", "50")
     other = tiny_model.build(tmp_path / "other.pt", seed=1)
     assert refused(model=other).startswith(prefix + "the model changed since that run (sha256 ")
 

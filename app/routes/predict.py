@@ -55,14 +55,7 @@ def _out(prediction: Prediction) -> dict[str, Any]:
     if prediction.explanation is not None:
         tokens = [{"token": a.token, "start": a.start, "end": a.end, "attribution": a.attribution} for a in prediction.explanation]
         explanation = {"method": "gradient_x_input", "tokens": tokens}
-    return {
-        "label": prediction.label,
-        "score": prediction.score,
-        "p_positive": prediction.p_positive,
-        "n_tokens": prediction.n_tokens,
-        "truncated": prediction.truncated,
-        "explanation": explanation,
-    }
+    return {**prediction.as_dict(), "explanation": explanation}
 
 
 def render(result: Result) -> Response:

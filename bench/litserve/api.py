@@ -20,7 +20,8 @@ import litserve as ls
 import torch
 
 from contract import artifact as artifact_io
-from contract.predictor import Predictor, label_and_score
+from contract.predictor import Predictor
+from contract.scored import label_and_score
 
 
 class SentimentAPI(ls.LitAPI):
