@@ -150,10 +150,9 @@ def cli(argv: list[str] | None = None) -> None:
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # uvicorn takes seconds; float works
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
-        limit_concurrency=settings.max_connections,
         server_header=False,
     )
-    server = Server(config, app.state.service)
+    server = Server(config, app.state.service, app.state.metrics)
     try:
         server.run()
     except KeyboardInterrupt:
