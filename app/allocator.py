@@ -56,7 +56,7 @@ def tune() -> bool:
     if jemalloc():
         logger.info("jemalloc is preloaded: glibc malloc tuning skipped")
         return False
-    if any(name.startswith("MALLOC_") for name in os.environ):
+    if any(name.startswith("MALLOC_") and name != "MALLOC_CONF" for name in os.environ):  # MALLOC_CONF is jemalloc's
         logger.info("MALLOC_* set in the environment: malloc left as configured there")
         return False
     name = ctypes.util.find_library("c")

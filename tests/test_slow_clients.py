@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_server import running_server
+from tests.live_server import free_port, running_server
 
 LIMIT = 64  # SENTIMENT_MAX_CONNECTIONS
 IN_FLIGHT = 16  # SENTIMENT_MAX_IN_FLIGHT: below LIMIT, as by default (512 of 2048), so slow bodies could fill it
@@ -130,3 +130,21 @@ def test_a_client_over_its_connection_cap_is_refused_others_are_not(tiny_model_p
         assert answer.startswith(b"HTTP/1.1 503"), answer
         body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
         assert body["error"]["type"] == "overloaded" and "127.0.0.2" in body["error"]["message"]
+
+
+def test_the_grpc_port_closes_a_connection_that_never_finishes_its_handshake(tiny_model_path: Path, tmp_path: Path) -> None:
+    pytest.importorskip("grpc", reason="gRPC support is not installed (pip install -e '.[grpc]')")
+    grpc_port = free_port()
+    env = {"SENTIMENT_GRPC_PORT": str(grpc_port), "SENTIMENT_HEADER_TIMEOUT_S": str(TIMEOUT_S)}
+
+    async def stall() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", grpc_port)
+        writer.write(b"PRI * HTTP/2.0\r\n")  # half of the HTTP/2 preface, then nothing
+        started = time.monotonic()
+        await asyncio.wait_for(reader.read(), TIMEOUT_S + 10)  # returns at the server's close
+        writer.close()
+        return time.monotonic() - started
+
+    with running_server(tiny_model_path, tmp_path, **env):
+        closed_after = asyncio.run(stall())
+    assert closed_after <= TIMEOUT_S + MARGIN_S
