@@ -121,9 +121,9 @@ class Settings(BaseSettings):
     )
     malloc_trim_idle_ms: int = Field(
         0,
+        description="0 = off. After this long with no request in progress and no text queued, return freed heap to "
+        "the OS (glibc malloc_trim, off the event loop, once per idle period). No-op under jemalloc.",
         ge=0,
-        description="After this long with no request in progress and no text queued, return freed heap to the OS "
-        "(glibc malloc_trim, off the event loop, once per idle period); 0 = off. No-op under jemalloc.",
     )
     shutdown_timeout_s: float = Field(
         25.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish; keep below the orchestrator's grace period."

@@ -95,6 +95,8 @@ class RequestEnvelope:
                 task = asyncio.current_task()
                 try:
                     body = await self._read_body_in_place(scope, receive, send_with_id, headers.get(b"content-length"))
+                    if body is None and status == 500:  # no answer: the client left, or was timed out, before its body came
+                        status = CLIENT_CLOSED
                     if body is not None and not await self._run_while_connected(scope, body, receive, send_with_id):
                         status = CLIENT_CLOSED
                         self.metrics.rejected.labels("client_closed").inc()
