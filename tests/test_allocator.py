@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.live_server import running_server
 
 # Eight threads allocate while all are alive (glibc gives each an arena of its own by default), then
 # malloc_info's XML, which has one <heap nr=...> element per arena, is counted.
@@ -107,3 +112,14 @@ def test_idle_trim_is_due_once_per_idle_period() -> None:
     assert not trim.due(activity=5, busy=True, now=9.5)  # work in progress: a new period begins
     assert not trim.due(activity=5, busy=False, now=10.0)
     assert trim.due(activity=5, busy=False, now=10.6)
+
+
+def test_the_server_trims_once_idle_and_keeps_serving(tiny_model_path: Path, tmp_path: Path) -> None:
+    env = {"SENTIMENT_MALLOC_TRIM_IDLE_MS": "300", "SENTIMENT_LOG_LEVEL": "debug"}
+    with running_server(tiny_model_path, tmp_path, **env) as (_, port, log):
+        for _ in range(3):
+            assert httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ["a fine film"]}).status_code == 200
+            time.sleep(1.0)  # idle: one trim per pause
+        assert httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ["a fine film"]}).status_code == 200
+        trims = [line for line in log.read_text().splitlines() if "idle malloc_trim" in line]
+    assert 3 <= len(trims) <= 5, trims  # one per pause, plus start-up and readiness polling at most; never twice in one pause
