@@ -1,7 +1,8 @@
 """A generic asyncio micro-batcher: merges concurrent submissions into batches for a few worker threads.
 
 It knows nothing of HTTP or torch: it is given a blocking `process(payloads) ->
-results` function and runs it on `workers` dedicated threads (one by default),
+results` function and runs it on `workers` dedicated threads (a `BatchPolicy`
+says how many, and every other limit below),
 so the event loop never blocks on it and at most `workers` batches run at once.
 
 Scheduling is continuous batching without added delay: when a worker is idle
@@ -11,16 +12,16 @@ workers: on a CPU, two batches on one core each beat one batch on two cores,
 because the model gains little from intra-op threads (docs/benchmarks.md).
 When a worker's share would be below `min_batch_size`, it takes one item.
 A batch holds items of one key only (say, plain vs explained predictions), at
-most `max_batch_size` of them and at most `max_batch_cost` padded cost (items x
+most `max_batch_size` of them and at most `max_batch_tokens` padded cost (items x
 the costliest item). It always contains the oldest waiting item, so nothing
 starves, plus the waiting items closest to it in cost (a window of the
-cost-sorted queue), grown only while padded cost stays within `max_padding` x
+cost-sorted queue), grown only while padded cost stays within `max_batch_padding` x
 the items' real cost: a dense forward pays for padding, so when more items
 wait than a batch of similar ones holds, the rest wait for the next worker
 rather than pad this batch. Items overdue join the next batch ahead of that
 rule (oldest first), which bounds how long the cost grouping can hold back an
-item of a rare cost. Overdue means older than `max_age` seconds *and* than
-`age_factor` x the recent mean wait: under sustained overload every item waits
+item of a rare cost. Overdue means older than `max_queue_age_ms` *and* than
+`queue_age_factor` x the recent mean wait: under sustained overload every item waits
 longer than any fixed age, and a fixed rule alone would turn the queue into
 first-in-first-out of mixed lengths (measured: -20 to -24 % throughput at 256 clients,
 docs/benchmarks.md); relative to the mean wait it still cuts only the tail.
@@ -57,6 +58,31 @@ class DeadlineExceeded(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How batches are cut and the queue bounded: built once from the settings (`Settings.batch_policy`).
+
+    The fields are the settings of the same names (their defaults and reasons live
+    there, app/config.py); `max_batch_tokens` bounds the padded cost (items x the
+    costliest item), whatever `cost` counts.
+    """
+
+    max_batch_size: int  # most items per batch
+    max_batch_tokens: int  # most padded cost per batch
+    max_queue: int  # most items waiting
+    workers: int  # batches running at once, each on its own thread
+    min_batch_size: int  # fewer waiting per free worker than this: run them one by one
+    max_batch_padding: float  # grow a batch only while padded cost <= this x real cost
+    max_queue_age_ms: int  # items older than this join the next batch whatever their cost (0 = off)...
+    queue_age_factor: float  # ...if they also waited this many times the recent mean wait
+
+    def __post_init__(self) -> None:
+        if min(self.max_batch_size, self.max_batch_tokens, self.max_queue, self.workers) < 1:
+            raise ValueError("max_batch_size, max_batch_tokens, max_queue and workers must be >= 1")
+        if self.max_batch_padding < 1:
+            raise ValueError("max_batch_padding must be >= 1 (padded cost is never below real cost)")
+
+
+@dataclass(frozen=True, slots=True)
 class BatchStats:
     """What one batch looked like, for metrics."""
 
@@ -83,42 +109,26 @@ class Batcher(Generic[T, R]):
     def __init__(
         self,
         process: Callable[[list[T]], Sequence[R]],
+        policy: BatchPolicy,
         *,
-        max_batch_size: int,
-        max_batch_cost: int,
-        max_queue: int,
         cost: Callable[[T], int] = lambda _: 1,
         key: Callable[[T], Hashable] = lambda _: None,
         observe: Callable[[BatchStats], None] | None = None,
-        workers: int = 1,
-        min_batch_size: int = 1,
-        max_padding: float = math.inf,
-        max_age: float | None = None,
-        age_factor: float = 0.0,
         thread_initializer: Callable[[], None] | None = None,
         thread_name: str = "batch-worker",
     ) -> None:
-        if min(max_batch_size, max_batch_cost, max_queue, workers) < 1:
-            raise ValueError("max_batch_size, max_batch_cost, max_queue and workers must be >= 1")
-        if max_padding < 1:
-            raise ValueError("max_padding must be >= 1 (padded cost is never below real cost)")
         self._process = process
         self._cost = cost
         self._key = key
         self._observe = observe
-        self.max_batch_size = max_batch_size
-        self.max_batch_cost = max_batch_cost
-        self.max_queue = max_queue
-        self.workers = workers
-        self.min_batch_size = min_batch_size  # fewer waiting per free worker than this: run them one by one
-        self.max_padding = max_padding  # grow a batch only while padded cost <= this x real cost
-        self.max_age = max_age  # seconds after which an item joins the next batch whatever its cost...
-        self.age_factor = age_factor  # ...if it also waited this many times the recent mean wait
+        self.policy = policy
+        self._max_age = policy.max_queue_age_ms / 1000 if policy.max_queue_age_ms else None  # seconds; None = off
         self._mean_wait = 0.0  # seconds, moving average over batches of the waits of the items they took
         self._thread_initializer = thread_initializer
         self._thread_name = thread_name
         self._running: set[asyncio.Task[None]] = set()  # batches on a worker now
         self._waiting: dict[int, _Item[T, R]] = {}  # insertion order = age
+        self._reserved = 0  # items admitted by reserve() and not yet submitted
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -139,7 +149,7 @@ class Batcher(Generic[T, R]):
         if self._task is not None:
             raise RuntimeError("batcher already started")
         self._executor = ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix=self._thread_name, initializer=self._thread_initializer
+            max_workers=self.policy.workers, thread_name_prefix=self._thread_name, initializer=self._thread_initializer
         )
         self._task = asyncio.get_running_loop().create_task(self._work(), name=self._thread_name)
 
@@ -158,21 +168,37 @@ class Batcher(Generic[T, R]):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    def check_room(self, n: int) -> None:
-        """Raise Closed or QueueFull now if `n` more items would be refused, so callers skip work bound to be wasted."""
+    def reserve(self, n: int) -> None:
+        """Hold room for `n` items now, or raise Closed / QueueFull: the one admission check.
+
+        Callers that prepare their payloads first (say, encoding texts off the
+        event loop) reserve before that work, so work bound to be refused is
+        never done, and pass `reserved=True` to `submit`.
+        """
         if not self.accepting:
             raise Closed("not accepting work (shutting down)")
-        if len(self._waiting) + n > self.max_queue:
-            raise QueueFull(f"queue holds {len(self._waiting)} of {self.max_queue} items; {n} more do not fit")
+        held = len(self._waiting) + self._reserved
+        if held + n > self.policy.max_queue:
+            raise QueueFull(f"queue holds {held} of {self.policy.max_queue} items; {n} more do not fit")
+        self._reserved += n
 
-    async def submit(self, payloads: Sequence[T], timeout: float | None = None) -> list[R]:
+    def release(self, n: int) -> None:
+        """Give back room reserved for `n` items that will not be submitted."""
+        self._reserved -= n
+
+    async def submit(self, payloads: Sequence[T], timeout: float | None = None, *, reserved: bool = False) -> list[R]:
         """Queue all payloads (all or none), wait for their results; input order is kept.
 
-        Raises QueueFull or Closed at once, DeadlineExceeded after `timeout`
-        seconds; on any failure or cancellation the items still waiting are
-        dropped so they cost neither queue space nor model time.
+        Raises QueueFull or Closed at once (unless `reserve` already admitted
+        them), DeadlineExceeded after `timeout` seconds; on any failure or
+        cancellation the items still waiting are dropped so they cost neither
+        queue space nor model time.
         """
-        self.check_room(len(payloads))
+        if not reserved:
+            self.reserve(len(payloads))
+        self._reserved -= len(payloads)
+        if self._closing:  # closing began while the caller prepared its payloads: the worker may be gone
+            raise Closed("not accepting work (shutting down)")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [_Item(next(self._seq), p, self._key(p), self._cost(p), now, loop.create_future()) for p in payloads]
@@ -196,7 +222,7 @@ class Batcher(Generic[T, R]):
 
     async def _work(self) -> None:
         while True:
-            if len(self._running) >= self.workers:
+            if len(self._running) >= self.policy.workers:
                 await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
                 continue
             if not self._waiting:
@@ -207,9 +233,9 @@ class Batcher(Generic[T, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            free = self.workers - len(self._running)  # >= 1
+            free = self.policy.workers - len(self._running)  # >= 1
             share = math.ceil(len(self._waiting) / free)
-            batch = self._take(min(self.max_batch_size, share if share >= self.min_batch_size else 1))
+            batch = self._take(min(self.policy.max_batch_size, share if share >= self.policy.min_batch_size else 1))
             self._report(batch)
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
@@ -246,20 +272,20 @@ class Batcher(Generic[T, R]):
     def _overdue(self, same: list[_Item[T, R]], limit: int) -> list[_Item[T, R]]:
         """The oldest item plus, oldest first, the overdue ones (module docstring), within the cost budget."""
         chosen = [same[0]]
-        if self.max_age is None:
+        if self._max_age is None:
             return chosen
-        cutoff = time.monotonic() - max(self.max_age, self.age_factor * self._mean_wait)
+        cutoff = time.monotonic() - max(self._max_age, self.policy.queue_age_factor * self._mean_wait)
         top = same[0].cost
         for item in same[1:]:
             if len(chosen) >= limit or item.enqueued > cutoff:
                 break
-            if (len(chosen) + 1) * max(top, item.cost) <= self.max_batch_cost:
+            if (len(chosen) + 1) * max(top, item.cost) <= self.policy.max_batch_tokens:
                 chosen.append(item)
                 top = max(top, item.cost)
         return chosen
 
     def _fits(self, items: list[_Item[T, R]], padded: int) -> bool:
-        return padded <= self.max_batch_cost and padded <= self.max_padding * sum(it.cost for it in items)
+        return padded <= self.policy.max_batch_tokens and padded <= self.policy.max_batch_padding * sum(it.cost for it in items)
 
     def _grow(self, same: list[_Item[T, R]], seed: list[_Item[T, R]], limit: int) -> list[_Item[T, R]]:
         """`seed` plus the waiting items closest in cost to it, while the batch stays within budget and max_padding."""
@@ -302,7 +328,7 @@ class Batcher(Generic[T, R]):
 
     def _fits_with(self, n: int, top: int, real: int) -> bool:
         padded = n * top
-        return padded <= self.max_batch_cost and padded <= self.max_padding * real
+        return padded <= self.policy.max_batch_tokens and padded <= self.policy.max_batch_padding * real
 
     async def _run(self, batch: list[_Item[T, R]]) -> None:
         assert self._executor is not None

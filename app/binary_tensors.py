@@ -9,7 +9,7 @@ tensors are little-endian, row-major.
 
 Framing errors (a length past the end, bytes left over) are MalformedBody (400);
 text that is not UTF-8 is InvalidInput (422). Element counts against `shape`
-are checked where the texts are (app/model_io.py), for JSON and binary alike.
+are checked where the texts are (app/oip_tensors.py), for JSON and binary alike.
 """
 
 from __future__ import annotations

@@ -12,8 +12,17 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.batcher import BatchPolicy
 from contract.artifact import MODEL_FILE as MODEL_FILE  # re-exported for tests
 from contract.artifact import default_model_path
+from contract.predictor import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS
+from contract.scored import DEFAULT_MAX_TEXT_CHARS
+
+# Batches of 2-15 texts used to cost more than their texts one by one on CPU (mixed lengths through the
+# packed BiLSTM), hence a minimum of 16 there. The batcher now cuts batches of similar lengths (max_padding)
+# and the model runs those dense: batch 4 of length-sorted reviews does ~1.8x the reviews/s of batch 1
+# (bench/raw_model.py --kernels), so any batch beats running its texts one by one.
+AUTO_MIN_BATCH_SIZE = 1
 
 
 class Settings(BaseSettings):
@@ -35,7 +44,9 @@ class Settings(BaseSettings):
         description="Also serve the KServe/Triton GRPCInferenceService and grpc.health.v1 on this port (needs the [grpc] extra); "
         "unset = no gRPC. The image sets 8001, Triton's gRPC port, which tritonclient users expect.",
     )
-    max_batch_size: int = Field(64, ge=1, description="Most texts per forward pass; 1 turns batching off (the naive baseline).")
+    max_batch_size: int = Field(
+        DEFAULT_MAX_BATCH_SIZE, ge=1, description="Most texts per forward pass; 1 turns batching off (the naive baseline)."
+    )
     min_batch_size: int = Field(
         0,
         ge=0,
@@ -61,14 +72,16 @@ class Settings(BaseSettings):
         "every text is older than any fixed age, and the fixed rule alone would batch first-in-first-out, mixing lengths.",
     )
     max_batch_tokens: int = Field(
-        64 * 400, ge=1, description="Most padded tokens (texts x longest text) per forward pass: bounds memory and latency per batch."
+        DEFAULT_MAX_BATCH_TOKENS,
+        ge=1,
+        description="Most padded tokens (texts x longest text) per forward pass: bounds memory and latency per batch.",
     )
     max_queue: int = Field(1024, ge=1, description="Most texts waiting for the model; beyond it requests get 503 + Retry-After at once.")
     max_items_per_request: int = Field(
         256, ge=1, description="Most texts in one request (422 beyond), so one client cannot fill the queue."
     )
     max_text_chars: int = Field(
-        100_000, ge=1, description="Most characters per text (422 beyond); longer token sequences are truncated head+tail."
+        DEFAULT_MAX_TEXT_CHARS, ge=1, description="Most characters per text (422 beyond); longer token sequences are truncated head+tail."
     )
     max_body_bytes: int = Field(1 << 20, ge=1, description="Most bytes per request body (413 beyond), counted while streaming.")
     request_timeout_ms: int = Field(
@@ -85,6 +98,17 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         None, description="If set, /predict and /v2/models/*/infer need `Authorization: Bearer <key>`; health, metrics, docs stay open."
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="If set, `POST /admin/reload` exists and needs `Authorization: Bearer <key>`: it reloads the model from "
+        "model_path without a restart (SIGHUP does the same). Unset = no admin routes.",
+    )
+    model_watch_s: float = Field(
+        0.0,
+        ge=0,
+        description="Check model_path's modification time and size every this many seconds and reload the model when they "
+        "change (say, a Kubernetes volume update); 0 = off.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; empty turns CORS off."
@@ -144,6 +168,24 @@ class Settings(BaseSettings):
         "info", description="Server log level (uvicorn and the app); `warning` keeps logs to problems."
     )
     access_log: bool = Field(False, description="Log every request (costs throughput; Prometheus metrics cover the counts).")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object per line (time, level, logger, message; a request's access line adds request_id, "
+        "method, route, status, latency_ms, model_version, and trace_id when tracing is on); `text`: plain lines as uvicorn writes them.",
+    )
+
+    def batch_policy(self, workers: int) -> BatchPolicy:
+        """The batcher's policy for `workers` model threads (the resolved `model_workers`): the one place settings become it."""
+        return BatchPolicy(
+            max_batch_size=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_queue=self.max_queue,
+            workers=workers,
+            min_batch_size=self.min_batch_size or AUTO_MIN_BATCH_SIZE,
+            max_batch_padding=self.max_batch_padding,
+            max_queue_age_ms=self.max_queue_age_ms,
+            queue_age_factor=self.queue_age_factor,
+        )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -152,7 +194,7 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("api_key", mode="after")
+    @field_validator("api_key", "admin_key", mode="after")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value() else None

@@ -11,7 +11,7 @@ so this module needs no grpcio); app/grpc_server.py answers with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -56,6 +56,16 @@ class Unauthorized(ServiceError):
     headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    status, type, grpc_code = 403, "forbidden", "PERMISSION_DENIED"
+
+
+class ReloadFailed(ServiceError):
+    """The model file failed to load, verify or pass the golden check: the model serving before still serves."""
+
+    status, type, grpc_code = 422, "reload_failed", "FAILED_PRECONDITION"
+
+
 class NotFound(ServiceError):
     status, type, grpc_code = 404, "not_found", "NOT_FOUND"
 
@@ -90,14 +100,21 @@ class Timeout(ServiceError):
     status, type, grpc_code = 504, "deadline_exceeded", "DEADLINE_EXCEEDED"
 
 
-# The batcher knows nothing of HTTP; this is where its refusals get their status.
+# The batcher knows nothing of these errors; app/service.py turns its refusals into them with this table, once.
 BATCHER_ERRORS: dict[type[Exception], type[ServiceError]] = {
     batcher.QueueFull: Overloaded,
     batcher.Closed: ShuttingDown,
     batcher.DeadlineExceeded: Timeout,
 }
 
-HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 def error_response(path: str, status: int, type_: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -111,13 +128,6 @@ def service_error_response(path: str, exc: ServiceError, metrics: Metrics | None
     if exc.status in (503, 504) and metrics is not None:
         metrics.rejected.labels(exc.type).inc()
     return error_response(path, exc.status, exc.type, exc.message, exc.headers)
-
-
-def exception_response(scope: Mapping[str, Any], exc: Exception, metrics: Metrics | None) -> JSONResponse:
-    """The answer to a ServiceError or a batcher refusal met outside FastAPI's handlers (the /predict fast lane)."""
-    if not isinstance(exc, ServiceError):
-        exc = BATCHER_ERRORS[type(exc)](str(exc))
-    return service_error_response(scope["path"], exc, metrics)
 
 
 def documented(model: type, descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -134,10 +144,6 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     return _from_service_error(request, exc)
 
 
-async def _batcher_error(request: Request, exc: Exception) -> JSONResponse:
-    return _from_service_error(request, BATCHER_ERRORS[type(exc)](str(exc)))
-
-
 def _describe(loc: tuple[object, ...]) -> str:
     parts = [str(p) for p in loc if p != "body"]
     return ".".join(parts) or "body"
@@ -145,19 +151,20 @@ def _describe(loc: tuple[object, ...]) -> str:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+    return validation_error_response(request.url.path, exc.errors(), request.headers.get("content-type", ""))
+
+
+def validation_error_response(path: str, errors: Sequence[Any], content_type: str) -> JSONResponse:
+    """The answer to a body that failed validation (FastAPI's errors, or the /predict fast lane's with `body` first in each loc)."""
     if any(e.get("type") == "json_invalid" for e in errors):
         e = next(e for e in errors if e.get("type") == "json_invalid")
         detail = (e.get("ctx") or {}).get("error", "")
         position = e.get("loc", ("body", "?"))[-1]
-        return error_response(
-            request.url.path, 400, MalformedBody.type, f"request body is not valid JSON: {detail} (at character {position})"
-        )
+        return error_response(path, 400, MalformedBody.type, f"request body is not valid JSON: {detail} (at character {position})")
     messages = [f"{_describe(tuple(e.get('loc', ())))}: {str(e.get('msg', 'invalid')).removeprefix('Value error, ')}" for e in errors[:10]]
-    content_type = request.headers.get("content-type", "")
     if "json" not in content_type and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
         messages.append(f"the body must be JSON sent with `Content-Type: application/json` (got {content_type or 'none'!r})")
-    return error_response(request.url.path, 422, InvalidInput.type, "; ".join(messages))
+    return error_response(path, 422, InvalidInput.type, "; ".join(messages))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -182,8 +189,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register the mapping on an app."""
     app.add_exception_handler(ServiceError, _service_error)
-    for exc_type in BATCHER_ERRORS:
-        app.add_exception_handler(exc_type, _batcher_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

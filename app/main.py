@@ -1,8 +1,9 @@
 """The FastAPI app (`create_app`) and the `sentiment-serve` command (`cli`).
 
 The lifespan starts and stops the app's `Service` (app/service.py: the model,
-readiness, draining); `cli` runs it behind `app.server.Server`, which turns
-SIGTERM into the service's drain and closes connections without losing any.
+readiness, draining, reload); `cli` runs it behind `app.server.Server`, which
+turns SIGTERM into the service's drain and closes connections without losing
+any, and turns SIGHUP into a model reload (`Service.reload`).
 With SENTIMENT_GRPC_PORT set, the lifespan also starts app/grpc_server.py on
 the same loop and runner; the service's drain stops it.
 """
@@ -10,7 +11,6 @@ the same loop and runner; the service's drain stops it.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -22,15 +22,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
-from app import allocator, errors
+from app import allocator, errors, logs, tracing
 from app.config import Settings
 from app.metrics import Metrics
 from app.middleware import RequestEnvelope
-from app.routes import demo, docs, health, model, oip, predict
+from app.routes import admin, demo, docs, health, model, oip, predict
 from app.routes import metrics as metrics_route
 from app.runner import DeviceUnavailable, resolve_device
 from app.server import Protocol, Server
 from app.service import Service
+from app.tracing import ResponseTraceparent, Tracing
 from app.version import package_version
 from contract import artifact as artifact_io
 from contract.artifact import Artifact, ArtifactError
@@ -46,11 +47,12 @@ also over gRPC on `SENTIMENT_GRPC_PORT` when set.
 Errors are JSON: `{"error": {"type", "message"}}` (`{"error": "..."}` under `/v2`)."""
 
 
-def create_app(settings: Settings | None = None, *, artifact: Artifact | None = None) -> FastAPI:
-    """An app serving `settings.model_path` (or an already loaded and verified `artifact`)."""
+def create_app(settings: Settings | None = None, *, artifact: Artifact | None = None, tracer: Tracing | None = None) -> FastAPI:
+    """An app serving `settings.model_path` (or an already loaded and verified `artifact`); traced by `tracer` or OTEL_*."""
     settings = settings if settings is not None else Settings()
     metrics = Metrics()
-    service = Service(settings, metrics, artifact)
+    tracer = tracer if tracer is not None else tracing.from_env()  # telemetry hook: None unless OTEL_* turns tracing on
+    service = Service(settings, metrics, artifact, tracing=tracer)
     grpc = _grpc_server(service, settings)
 
     @asynccontextmanager
@@ -70,18 +72,20 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
         lifespan=lifespan,
         docs_url=None,  # served by app/routes/docs.py from a package, not a CDN
         redoc_url=None,  # ReDoc has no offline bundle here; Swagger UI at /docs covers it
+        **({"telemetry": tracer.fastapi_telemetry()} if tracer is not None else {}),  # telemetry hook: request spans
     )
     app.openapi = lambda: docs.openapi(app, api_key=settings.api_key is not None)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = service
     errors.install(app)
+    app.add_middleware(predict.FastLane, service=service, metrics=metrics)  # inside the envelope: gets the body it read
     app.add_middleware(
         RequestEnvelope,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
-        fast_lanes={("POST", "/predict"): predict.fast_lane},
+        access_log=logs.access_log(settings),  # telemetry hook
     )
     if settings.cors_origins:  # added last = outermost, so even error answers carry CORS headers
         app.add_middleware(
@@ -91,8 +95,12 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Request-Timeout-Ms"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
+    if tracer is not None:  # telemetry hook: answers carry the server span's traceparent
+        app.add_middleware(ResponseTraceparent, tracing=tracer)
     for module in (predict, health, model, metrics_route, oip, demo, docs):
         app.include_router(module.router)
+    if settings.admin_key is not None:
+        app.include_router(admin.router)
     return app
 
 
@@ -131,7 +139,7 @@ def cli(argv: list[str] | None = None) -> None:
             f"{'SENTIMENT_' + '_'.join(map(str, e['loc'])).upper() if e['loc'] else 'settings'}: {e['msg']}" for e in exc.errors()
         )
         _fail(f"invalid settings: {problems}", 2)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    uvicorn_logging = logs.configure(settings)  # telemetry hook: text or json, in one place (app/logs.py)
     allocator.tune()  # before the model allocates: 2 malloc arenas (app/allocator.py)
     try:
         artifact = artifact_io.load(settings.model_path, resolve_device(settings.device))
@@ -147,12 +155,14 @@ def cli(argv: list[str] | None = None) -> None:
         port=settings.port,
         http=Protocol,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        **uvicorn_logging,  # log_config and access_log
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # uvicorn takes seconds; float works
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
         server_header=False,
     )
-    server = Server(config, app.state.service, app.state.metrics)
+    service: Service = app.state.service
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: service.reload_soon())  # reload the model file, keep serving
+    server = Server(config, service, app.state.metrics)
     try:
         server.run()
     except KeyboardInterrupt:

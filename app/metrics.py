@@ -78,13 +78,20 @@ class Metrics:
         )
         self.rejected = Counter("sentiment_rejected", "Texts refused or dropped, by reason.", ["reason"], registry=r)
         self.model_info = Gauge("sentiment_model_info", "The model being served (value 1).", ["name", "version", "device"], registry=r)
+        self.model_reloads = Counter("sentiment_model_reloads", "Model reloads by result (ok, error).", ["result"], registry=r)
+        self.model_reloads.labels("ok"), self.model_reloads.labels("error")  # both series exist from the start, at 0
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth from `depth()` at each scrape."""
         self.queue_depth.set_function(depth)
 
     def set_model(self, name: str, version: str, device: str) -> None:
+        """The model serving now (the one series of sentiment_model_info: a reload replaces it)."""
+        self.model_info.clear()
         self.model_info.labels(name, version, device).set(1)
+
+    def observe_reload(self, ok: bool) -> None:
+        self.model_reloads.labels("ok" if ok else "error").inc()
 
     def observe_batch(self, kind: str, size: int, padded_tokens: int, waits: Iterable[float], real_tokens: int = 0) -> None:
         """One forward pass of `kind` ("predict" / "explain") started: its size, padded and real tokens, each text's queue wait."""

@@ -14,22 +14,29 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 
 from starlette.datastructures import MutableHeaders
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import Overloaded, PayloadTooLarge, RequestTimeout, ShuttingDown, error_response, service_error_response
 from app.metrics import Metrics
 
-# A fast lane answers a request from its body, or returns None to hand it to the app (see app/routes/predict.py).
-FastLane = Callable[[Scope, bytes], Awaitable[Response | None]]
-
 REQUEST_ID_HEADER = "X-Request-ID"
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"; only ever in metrics
 _VALID_REQUEST_ID = re.compile(r"[\w.:/+=@-]{1,128}")  # echoed into headers and logs: no spaces, no control chars
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+_MODEL_VERSION = "model_version"  # scope["state"] key: the model version that answered the request
+
+
+def answered_by(scope: Scope, model_version: str) -> None:
+    """Note which model version answered (a reload may swap it mid-request): the access line names this one (app/logs.py)."""
+    scope.setdefault("state", {})[_MODEL_VERSION] = model_version
+
+
+def model_version(scope: Scope) -> str | None:
+    """The model version noted by `answered_by`; None for a request no model answered (a probe, an error)."""
+    return scope.get("state", {}).get(_MODEL_VERSION)
 
 
 class RequestEnvelope:
@@ -54,16 +61,16 @@ class RequestEnvelope:
         metrics: Metrics,
         max_body_bytes: int,
         max_in_flight: int,
-        fast_lanes: Mapping[tuple[str, str], FastLane] | None = None,
+        access_log: Callable[[Scope, str, int, float], None] | None = None,
     ) -> None:
         self.app = app
-        self.fast_lanes = dict(fast_lanes or {})  # (method, path) -> handler that may answer from the body alone
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # requests with a body being handled now
         self._reading: dict[asyncio.Task[None], None] = {}  # requests reading their body, oldest first
         self._reclaimed: set[asyncio.Task[None]] = set()  # gave their place away: no longer counted in in_flight
+        self.access_log = access_log  # telemetry hook: app/logs.py's line per request (json logs + access log only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +118,10 @@ class RequestEnvelope:
             template = getattr(route, "path", None) or "unmatched"  # templates, not raw paths: bounded label cardinality
             labels = (scope["method"], template, str(status))
             self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.latency.labels(*labels).observe(elapsed)
+            if self.access_log is not None:  # telemetry hook (app/logs.py)
+                self.access_log(scope, template, status, elapsed)
 
     def _reclaim_a_place(self) -> bool:
         """Cancel the request that has been reading its body longest; True if there was one."""
@@ -175,7 +185,7 @@ class RequestEnvelope:
 
         watcher = asyncio.ensure_future(watch())
         try:
-            await self._answer(scope, body, receive, send_tracked)
+            await self.app(scope, replay(body, receive), send_tracked)
         except asyncio.CancelledError:
             if gone:  # the client left before its answer: stop working for it
                 worker.uncancel()
@@ -190,17 +200,6 @@ class RequestEnvelope:
         finally:
             watcher.cancel()
         return True
-
-    async def _answer(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-        lane = self.fast_lanes.get((scope["method"], scope["path"]))
-        if lane is not None:
-            # The metrics label, as a routed request would have, also when the lane raises (the router resets it if the lane declines).
-            scope["route"] = _FastRoute(scope["path"])
-            response = await lane(scope, body)
-            if response is not None:
-                await response(scope, receive, send)
-                return
-        await self.app(scope, _replay(body, receive), send)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send, content_length: bytes | None) -> bytes | None:
         """The whole body, or None once a 413/400 was sent (or the client left); never holds more than the limit."""
@@ -241,23 +240,15 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands `body` over whole, in one message, then passes on what the server reports."""
     sent = False
 
-    async def replay() -> Message:
+    async def receive_body() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()  # then disconnects, as the server reports them
 
-    return replay
-
-
-class _FastRoute:
-    """What a fast-laned request has for `scope["route"]`: its path template (here the path itself)."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
+    return receive_body

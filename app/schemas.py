@@ -1,41 +1,65 @@
-"""Request and response bodies (with the examples /docs shows), for /predict, health, /model and OIP v2.
+"""What HTTP clients send and get: request and response bodies (with the examples /docs shows), for /predict,
+health, /model and OIP v2, and the two inference headers (bearer token, deadline) read into plain values.
 
 Static rules (types, exactly one of text/texts, no blank text) live here;
-limits that depend on settings are checked by `check_texts`.
+limits that depend on settings are the service's (`Service.predict`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    create_model,
+    model_validator,
+)
 
 from app.errors import InvalidInput
+from contract import scored
+from contract.scored import NOT_BLANK_PATTERN
 
 
 def not_blank(text: str) -> str:
-    """The one blank-text check (/predict's `Text`, and OIP's tensors through app/model_io.py)."""
-    if not text.strip():
-        raise ValueError("text must not be empty or whitespace only")
+    """contract.scored's blank-text rule as a validator (/predict's `Text`, and OIP's tensors through app/oip_tensors.py)."""
+    error = scored.blank_error(text)
+    if error is not None:
+        raise ValueError(error)
     return text
 
 
-# The schema's words for what `not_blank` enforces: a character outside Python's whitespace (str.isspace, what
-# strip() removes). Spelled out because regex engines' `\s` differ (ECMA's includes U+FEFF, Python's not U+001C).
-NOT_BLANK_PATTERN = "[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 Text = Annotated[StrictStr, AfterValidator(not_blank), Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN})]
 
 REVIEW = "A wonderful, moving film. I loved every minute of it!"
 
 
-def check_texts(texts: list[str], *, field: str, item: Callable[[int], str], max_items: int, max_chars: int) -> None:
-    """Settings-dependent limits -> 422 naming the offending field or item (`item(i)` names text i)."""
-    if len(texts) > max_items:
-        raise InvalidInput(f"{field}: {len(texts)} items, at most {max_items} per request")
-    for i, text in enumerate(texts):
-        if len(text) > max_chars:
-            raise InvalidInput(f"{item(i)}: {len(text)} characters, at most {max_chars} per text")
+# Milliseconds as a plain positive integer (1 .. 999999999): the header's documented pattern and `timeout_header`'s check.
+TIMEOUT_MS_PATTERN = r"^[1-9][0-9]{0,8}$"
+_TIMEOUT_MS = re.compile(TIMEOUT_MS_PATTERN)
+
+
+def timeout_header(value: str | None) -> float | InvalidInput | None:
+    """`X-Request-Timeout-Ms` in seconds (None: absent), or the InvalidInput naming the header, for `Service.admit` to raise."""
+    if value is None:
+        return None
+    if not _TIMEOUT_MS.fullmatch(value):
+        return InvalidInput(f"X-Request-Timeout-Ms must be a whole number of milliseconds from 1 to 999999999, got {value!r}")
+    return int(value) / 1000
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value, else None: read as FastAPI's HTTPBearer reads it."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    return token if scheme.lower() == "bearer" and token else None
 
 
 # ---------------------------------------------------------------- /predict
@@ -93,13 +117,13 @@ class Explanation(BaseModel):
     tokens: list[TokenAttribution]
 
 
-class PredictionOut(BaseModel):
-    label: str = Field(description="`positive` or `negative`.")
-    score: float = Field(description="Calibrated probability of `label`.")
-    p_positive: float = Field(description="Calibrated probability of `positive`.")
-    n_tokens: int = Field(description="Tokens in the text before truncation.")
-    truncated: bool = Field(description="True when the text was longer than the model reads (head + tail kept).")
-    explanation: Explanation | None = None
+# contract.scored's record, its fields in order, plus the explanation only the service gives.
+PredictionOut = create_model(
+    "PredictionOut",
+    __doc__="One text's prediction: contract.scored's record, and token attributions when asked.",
+    **{f.name: (f.python_type, Field(description=f.description)) for f in scored.FIELDS},
+    explanation=(Explanation | None, None),
+)
 
 
 class PredictResponse(BaseModel):
@@ -163,6 +187,16 @@ class ModelInfo(BaseModel):
         default_factory=dict,
         description="The robustness holdout left out of training (sha256 of the list, reviews listed and dropped); empty if it was not.",
     )
+    loaded_at: str = Field(description="When this process loaded the model (ISO 8601, UTC): changes with each reload.")
+
+
+class ReloadResponse(BaseModel):
+    """The model now serving, after `POST /admin/reload`."""
+
+    name: str
+    version: str
+    file_sha256: str
+    loaded_at: str
 
 
 # ---------------------------------------------------------------- Open Inference Protocol v2
@@ -205,14 +239,14 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
-# The protocol's tensor datatypes (this model takes BYTES; app/model_io.py says so for the others).
+# The protocol's tensor datatypes (this model takes BYTES; app/oip_tensors.py says so for the others).
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16", "BYTES"
 ]
 
 
-# The served model's one input and one output (app/model_io.py). The models below validate the protocol in
-# general (so app/model_io.py can name what is wrong with a request for another model); their schema says
+# The served model's one input and one output (app/oip_tensors.py). The models below validate the protocol in
+# general (so app/oip_tensors.py can name what is wrong with a request for another model); their schema says
 # what this server accepts: that input, BYTES, non-blank texts, that output. What JSON Schema cannot say: the
 # product of `shape` must equal the number of elements (422 otherwise).
 def _integral(value: object) -> object:

@@ -371,16 +371,10 @@ class Server(uvicorn.Server):
     def _maybe_trim(self) -> None:
         assert self._idle_trim is not None
         state = self.server_state
-        busy = bool(state.tasks) or self._queued() > 0 or (self._trimming is not None and not self._trimming.done())
+        # Busy: a request in progress, texts waiting for the model (HTTP and gRPC alike), or a trim still running.
+        busy = bool(state.tasks) or self.service.queue_depth > 0 or (self._trimming is not None and not self._trimming.done())
         if self._idle_trim.due(state.total_requests, busy, time.monotonic()):
             self._trimming = asyncio.get_running_loop().run_in_executor(None, _trim_and_log)
-
-    def _queued(self) -> int:
-        """Texts waiting for the model (HTTP and gRPC alike); 0 before the service started."""
-        try:
-            return self.service.runner.queue_depth
-        except ServiceError:
-            return 0
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.server_state.draining = True

@@ -102,8 +102,8 @@ def kernel_table(
                     random.Random(0).shuffle(batches)  # a timed prefix must not be the shortest batches
                     padding = sum(len(x) * max(map(len, x)) for x in batches) / sum(len(r) for x in batches for r in x)
                     for batch in batches[:3]:  # the profiling executor specialises on its first calls
-                        predictor.forward(batch)
-                    times = measure(predictor.forward, batches, seconds)
+                        predictor.predict_batch(batch)
+                    times = measure(predictor.predict_batch, batches, seconds)
                     cells.append({"batch_size": b, "padded_over_real": padding, **summary(times, b)})
                 rows.append({"route": route, "order": order, "threads": n_threads, "cells": cells})
                 print(f"{route:>8} {order:>6} {n_threads:>7} | " + " ".join(f"{c['reviews_per_s']:>8.1f}" for c in cells), flush=True)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder.encode(t)
     encode_ms = 1000 * (time.perf_counter() - t0) / len(texts)
 
-    model_only = Predictor(module, device=args.device).forward  # pad_batch + forward under inference_mode + .tolist()
+    model_only = Predictor(module, device=args.device).predict_batch  # pad_batch + forward under inference_mode + .tolist()
 
     def end_to_end(batch_texts: list[str]) -> list[float]:
         return model_only([encoder.encode(t).ids for t in batch_texts])

@@ -177,30 +177,6 @@ def serve_section(serve: dict) -> list[str]:
     return lines
 
 
-def variants_section(runs: list[tuple[str, str, dict]]) -> list[str]:
-    lines = [
-        "#### Other configurations (separate runs of `bench.serve`, newest first; each with its own raw ceiling)",
-        "",
-        "| run | target | req/s by clients | p99 ms by clients | mean batch by clients | raw best e2e, one stream |",
-        "|---|---|---|---|---|---:|",
-    ]
-    for _name, command, result in runs:
-        raw_best = result["raw"]["best_end_to_end"]["reviews_per_s"]
-        for target, t in result["targets"].items():
-            points = t.get("points", [])
-            if not points:
-                continue
-
-            def row(key: str, digits: int, pts: list[dict] = points) -> str:
-                return " · ".join(f"{p['clients']}: {f(p.get(key), digits)}" for p in pts)
-
-            lines.append(
-                f"| `{command}` | {target} | {row('throughput', 0)} | {row('p99_ms', 0)} | {row('mean_batch_size', 1)} | {f(raw_best)} |"
-            )
-    lines.append("")
-    return lines
-
-
 def startup_section(st: dict) -> list[str]:
     p = st["pieces"]
     return [
@@ -220,21 +196,6 @@ def rss_windows(s: dict) -> tuple[float, float]:
     early = [x["rss_mb"] for x in s["samples"] if 0.1 * total <= x["t"] < 0.2 * total] or [s["rss_base_mb"]]
     late = [x["rss_mb"] for x in s["samples"] if x["t"] >= 0.9 * total] or [s["rss_end_mb"]]
     return sum(early) / len(early), sum(late) / len(late)
-
-
-SOAK_RUNS = {
-    "soak_arena2_only": "python -m bench.soak --capacity 185 --env MALLOC_ARENA_MAX=2 --out soak_arena2_only (what app/allocator.py now does)",
-    "soak_glibc_default_now": (
-        "python -m bench.soak --capacity 185 --env MALLOC_ARENA_MAX=16 --out soak_glibc_default_now (glibc's default arenas on 2 cores, same build)"
-    ),
-    "soak_fixed_mmap_20min": "python -m bench.soak --seconds 1200 --capacity 185 (mmap threshold fixed at 128 KiB + 2 arenas; before it was dropped)",
-    "soak_10min_before_min_batch": "python -m bench.soak --capacity 185 (malloc tuning, before min_batch_size and the disconnect check)",
-    "soak_with_trim": "python -m bench.soak --capacity 185 --out soak_with_trim (experiment, dropped: also malloc_trim after start-up and every 10 s when idle)",
-    "soak_glibc_default": "python -m bench.soak --out soak_glibc_default (before app/allocator.py: glibc's default malloc)",
-    "soak_mmap_threshold": "MALLOC_MMAP_THRESHOLD_=131072 python -m bench.soak --seconds 240 --out soak_mmap_threshold (before app/allocator.py)",
-    "soak_90rps_default_malloc": "python -m bench.soak (before app/allocator.py, and before the load generator retried stale keep-alive connections)",
-    "soak_contended_105rps": "python -m bench.soak --capacity 150 (before app/allocator.py; a test suite ran beside it from ~240 s to ~360 s)",
-}
 
 
 def soak_pass(s: dict) -> bool:
@@ -257,20 +218,15 @@ def soak_section(s: dict) -> list[str]:
     lines = [
         "### 4. Soak",
         "",
-        f"`python -m bench.soak --seconds {s['seconds']:.0f} --capacity {s['capacity_req_s']:.0f}` (final build) — open loop (Poisson) "
+        f"`python -m bench.soak --seconds {s['seconds']:.0f} --capacity {s['capacity_req_s']:.0f}` — open loop (Poisson) "
         f"at {s['rate_req_s']:.0f} req/s, ~70 % of the {s['capacity_req_s']:.0f} req/s the "
         "service sustained at 64 clients, single-text requests. Pass = 0 errors, RSS growth < 5 % (mean of the last 10 % "
-        "of the run vs mean over 10–20 %), healthy after. Other soak runs are listed for what they show (see the discussion).",
+        "of the run vs mean over 10–20 %), healthy after.",
         "",
         "| results | seconds | req/s | requests | errors | outcomes | 200 p50 / p99 ms | RSS ready | RSS mean 10–20 % → last 10 % | peak | verdict |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
         soak_line("soak", s),
     ]
-    for name in SOAK_RUNS:
-        if other := common.load_result(name):
-            lines.append(soak_line(name, other))
-    lines += ["", "Commands of the other runs:", ""]
-    lines += [f"- `{name}`: `{cmd}`" for name, cmd in SOAK_RUNS.items() if common.load_result(name)]
     lines += ["", "| window from (s) | requests | p50 ms | p99 ms |", "|---:|---:|---:|---:|"]
     lines += [f"| {w['from_s']:.0f} | {w['n']} | {f(w['p50'])} | {f(w['p99'])} |" for w in s["windows"]]
     lines.append("")
@@ -354,48 +310,6 @@ def main() -> None:
         parts += serve_section(serve)
     if cost := common.load_result("request_cost"):
         parts += request_cost_section(cost)
-    variants = [
-        ("serve_minbatch16_dense", "... --targets service --clients 8,64 --env SENTIMENT_MIN_BATCH_SIZE=16 --out serve_minbatch16_dense"),
-        ("serve_nocap", "... --targets service --clients 64,256 --env SENTIMENT_MAX_BATCH_PADDING=100 --out serve_nocap (no padding cap)"),
-        ("serve_run2", "python -m bench.serve --out serve_run2 (run 2: the same build as run 1, right after it)"),
-        ("ab_deps_one", "... --targets service --clients 8,64,256 --seconds 10 --out ab_deps_one (one dependency per inference route)"),
-        (
-            "ab_deps_graph",
-            "same with --env PYTHONPATH=<checkout of the commit before> --out ab_deps_graph (8 dependency nodes), right after",
-        ),
-        ("ab_deps_one2", "same as ab_deps_one, right after ab_deps_graph"),
-        ("serve_fixed_mmap", "python -m bench.serve (before malloc kept its own mmap threshold: fixed at 128 KiB + 2 arenas)"),
-        (
-            "ab_malloc_on",
-            "... --targets service --clients 64,256 --seconds 10 --out ab_malloc_on (mmap threshold fixed at 128 KiB + 2 arenas)",
-        ),
-        ("ab_malloc_off", "same with --env MALLOC_ARENA_MAX=2 --out ab_malloc_off (2 arenas, glibc's own threshold), right after"),
-        ("ab_malloc_on2", "same as ab_malloc_on, right after ab_malloc_off"),
-        (
-            "ab_mmap2m",
-            "... --clients 1,8,64,256 --env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=2097152 --out ab_mmap2m (threshold fixed at 2 MiB, dropped)",
-        ),
-        ("ab_arena2", "same with --env MALLOC_ARENA_MAX=2 --out ab_arena2, right after ab_mmap2m"),
-        ("ab_model_sentiment", "... --clients 8,64,256 --env MALLOC_ARENA_MAX=2 --out ab_model_sentiment (the shipped model)"),
-        (
-            "ab_model_new",
-            "same with --model new.pt: the shipped weights re-exported with a dense BiLSTM route for close lengths (dropped)",
-        ),
-        ("serve_before_min_batch", "python -m bench.serve (before min_batch_size: batches of any size)"),
-        (
-            "serve_minbatch16",
-            "... --targets service --clients 8,16,32,64,256 --seconds 10 --env SENTIMENT_MIN_BATCH_SIZE=16 --out serve_minbatch16",
-        ),
-        ("serve_minbatch1", "same with SENTIMENT_MIN_BATCH_SIZE=1 --out serve_minbatch1 (right after minbatch16)"),
-        ("serve_minbatch8", "same with --targets service,naive SENTIMENT_MIN_BATCH_SIZE=8 --out serve_minbatch8 (tests ran beside it)"),
-        ("serve_fill08", "... --targets service --seconds 10 --env SENTIMENT_BATCH_MIN_FILL=0.8 --out serve_fill08 (experiment, dropped)"),
-        ("serve_fill0", "same with SENTIMENT_BATCH_MIN_FILL=0 --out serve_fill0 (same build as fill08)"),
-        ("serve_one_worker", "first version (1 model thread x 2 torch threads; TorchServe 1 worker x 2 threads): python -m bench.serve"),
-        ("serve_threads1", "first version: python -m bench.serve --threads 1 --out serve_threads1"),
-    ]
-    runs = [(n, c, r) for n, c in variants if (r := common.load_result(n))]
-    if runs:
-        parts += variants_section(runs)
     if st := common.load_result("startup"):
         parts += startup_section(st)
     if s := common.load_result("soak"):

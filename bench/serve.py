@@ -14,6 +14,10 @@
    All of them serve the same artifact through the same contract encoder.
 3. Per point: throughput, p50/p95/p99 latency (wrk), errors, mean batch size and model-thread busy fraction
    (/metrics deltas; TorchServe: the handler's own counters), CPU seconds of server and client from /proc.
+4. Open loop (--open-loop 0.5,0.8,0.95): Poisson arrivals (bench/loadgen.py) at those fractions of the target's own
+   capacity (its best closed-loop throughput), and at the same fractions of the anchor's capacity (--open-loop-anchor,
+   LitServe by default; the anchor runs first). p50/p99 here are the latency an operator plans with: closed-loop wrk
+   lets a slow server slow its own clients down and so hides queueing.
 
 The client competes with the server for the 2 cores: its CPU (wrk's utime+stime from /proc/<pid>/stat, read after it
 exits and before it is reaped) is reported per point as cores used, next to the server's.
@@ -22,13 +26,15 @@ exits and before it is reaped) is reported per point as cores used, next to the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
+import urllib.parse
 from pathlib import Path
 
 import torch
 
-from bench import common, raw_model
+from bench import common, loadgen, raw_model
 from bench.litserve import ls
 from bench.torchserve import ts
 from contract import artifact as artifact_io
@@ -94,7 +100,49 @@ def point_stats(target: str, before: dict[str, float], after: dict[str, float], 
     return common.batch_stats(before, after, duration)
 
 
-def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_texts: list[str], expected: list[float]) -> dict:
+def open_loop_point(url: str, texts: list[str], label: str, rate: float, seconds: float) -> dict[str, object]:
+    """Poisson arrivals at `rate` req/s for `seconds` against `url` (single-text bodies, as wrk sends)."""
+    parts = urllib.parse.urlsplit(url)
+    requests = loadgen.predict_requests(texts, path=parts.path)
+    run = asyncio.run(loadgen.open_loop(parts.hostname or "127.0.0.1", parts.port or 80, requests, rate, seconds, max_in_flight=2048))
+    summary = run.summary()
+    latency = summary["latency_200_ms"] or {}
+    point = {
+        "label": label,
+        "rate": rate,
+        "ok_per_s": summary["ok_per_s"],
+        "p50_ms": latency.get("p50"),
+        "p99_ms": latency.get("p99"),
+        "outcomes": summary["outcomes"],
+        "statuses": summary["statuses"],
+        "late": run.late,  # type: ignore[attr-defined]
+        "unsent": run.unsent,  # type: ignore[attr-defined]
+    }
+    p50, p99 = point["p50_ms"], point["p99_ms"]
+    print(
+        f"  open loop {label:>14} {rate:7.1f}/s -> {point['ok_per_s']:7.1f} ok/s  p50 {p50 or float('nan'):8.2f}  "
+        f"p99 {p99 or float('nan'):8.2f} ms  statuses {point['statuses']}  late {point['late']} unsent {point['unsent']}",
+        flush=True,
+    )
+    return point
+
+
+def open_loop_rates(args: argparse.Namespace, capacity: float, anchor_capacity: float | None) -> list[tuple[str, float]]:
+    """(label, rate) pairs: fractions of the target's own capacity, then of the anchor's (when measured)."""
+    rates = [(f"{f:.0%} own", f * capacity) for f in args.open_loop]
+    if anchor_capacity:
+        rates += [(f"{f:.0%} {args.open_loop_anchor}", f * anchor_capacity) for f in args.open_loop]
+    return rates
+
+
+def capacity(result: dict) -> float | None:
+    """A target's measured capacity: its best closed-loop throughput."""
+    return max((p["throughput"] for p in result.get("points", [])), default=None)
+
+
+def bench_target(
+    target: str, args: argparse.Namespace, bodies: Path, check_texts: list[str], expected: list[float], anchor_capacity: float | None = None
+) -> dict:
     threads = str(args.threads) if args.threads else ""
     t_spawn = time.time()
     if target == "torchserve":
@@ -159,6 +207,12 @@ def bench_target(target: str, args: argparse.Namespace, bodies: Path, check_text
                 flush=True,
             )
         result["points"] = points
+        if args.open_loop:
+            texts = [json.loads(line)["text"] for line in bodies.read_text().splitlines()]
+            result["open_loop"] = []
+            for label, rate in open_loop_rates(args, capacity(result) or 0.0, anchor_capacity):
+                drain(target, server)
+                result["open_loop"].append(open_loop_point(url, texts, label, rate, args.open_loop_seconds))
         drain(target, server)
         time.sleep(2)
         result["rss_idle_after_mb"] = pid_rss(server.pid)
@@ -205,6 +259,11 @@ def ratios(raw: dict, targets: dict[str, dict]) -> dict[str, object]:
                 row[f"p99_service_over_{anchor}"] = at("service", c, "p99_ms") / at(anchor, c, "p99_ms")
         per_c[str(c)] = row
     out["per_clients"] = per_c
+    out["open_loop_p99_ms"] = {  # the same arrival rates for every target: fractions of the anchor's capacity
+        target: {p["label"]: p["p99_ms"] for p in result.get("open_loop", []) if not p["label"].endswith(" own")}
+        for target, result in targets.items()
+        if result.get("open_loop")
+    }
     if raw.get("batch1_ms") and (p50 := at("service", 1, "p50_ms")) is not None:
         out["p50_1_client_ms"] = p50
         out["raw_batch1_e2e_ms"] = raw["batch1_ms"]["end_to_end"]
@@ -222,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per concurrency")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads everywhere (0 = the service's default: torch's)")
-    parser.add_argument("--targets", default="service,naive,litserve,torchserve")
+    parser.add_argument("--targets", default="litserve,torchserve,service,naive", help="in order; the open-loop anchor first")
     parser.add_argument("--ls-venv", type=Path, default=Path("/tmp/ls-venv"))
     parser.add_argument("--ls-timeout-ms", type=float, default=5.0, help="LitServe batch_timeout")
     parser.add_argument("--ls-workers", type=int, default=2, help="LitServe inference workers (1 torch thread each)")
@@ -231,6 +290,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ts-workers", type=int, default=2, help="TorchServe worker processes (the service's auto plan on 2 cores: 2)")
     parser.add_argument("--ts-threads", type=int, default=1, help="torch threads per TorchServe worker (0 = torch's default)")
     parser.add_argument("--raw-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--open-loop",
+        type=lambda s: [float(x) for x in s.split(",")] if s else [],
+        default=[0.5, 0.8, 0.95],
+        help="Poisson-arrival points at these fractions of capacity ('' = none)",
+    )
+    parser.add_argument("--open-loop-seconds", type=float, default=10.0)
+    parser.add_argument("--open-loop-anchor", default="litserve", help="also run every target at fractions of this one's capacity")
     parser.add_argument("--env", nargs="*", default=[], help="extra SENTIMENT_*=value settings for service and naive")
     parser.add_argument("--out", default="serve")
     parser.add_argument("--force", action="store_true", help="run even while a training process is running")
@@ -260,7 +327,10 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         print(f"== {target}", flush=True)
         try:
-            targets[target] = bench_target(target, args, bodies, check, expected)
+            anchor = targets.get(args.open_loop_anchor, {})
+            targets[target] = bench_target(
+                target, args, bodies, check, expected, capacity(anchor) if target != args.open_loop_anchor else None
+            )
         except Exception as exc:  # one target failing must not lose the others' figures
             targets[target] = {"target": target, "error": f"{type(exc).__name__}: {exc}"[:4000]}
             print(f"  FAILED: {targets[target]['error']}")

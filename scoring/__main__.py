@@ -1,28 +1,42 @@
 """`sentiment-score INPUT --out OUTPUT`: every row of INPUT with label, score, p_positive, n_tokens, truncated, error.
 
 Exit codes: 0 done (bad rows are counted, not fatal), 2 the input, output,
-column, model or device cannot be used (one line on stderr saying why).
+column, model or device cannot be used, the disk is full, or --resume cannot
+continue (one line on stderr saying why), 143 / 130 stopped by SIGTERM / SIGINT
+(at a chunk boundary: run again with --resume to continue).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from contract import artifact as artifact_io
 from contract.device import DeviceUnavailable, ThreadPlan, available_cores, plan_threads, resolve_device
 from contract.predictor import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, Predictor
-from scoring.io import InputError, InvalidRow, Source, open_sink, open_source, replaced_columns
+from contract.scored import DEFAULT_MAX_TEXT_CHARS
+from scoring.columns import TextColumn
+from scoring.io import STDIO, InputError, InvalidRow, Source, WriteFailed, open_sink, open_source, partial_path, replaced_columns
 from scoring.local import Summary, score_chunks
+from scoring.resume import Checkpoint, Job, ResumeRefused, input_identity, record_path
+from scoring.stop import Stopped, StopRequests
 
 log = logging.getLogger("sentiment-score")
 DEFAULT_CHUNK_ROWS = 4096  # rows held per chunk (x2 in flight): big enough for well length-sorted batches, small in memory
 DEFAULT_RAY_BATCH_ROWS = 1024  # rows per actor call: smaller, so that a few thousand rows still spread over the actors
+# The options that change the bytes written: which rows share a forward pass (chunk and batch limits) changes a
+# probability's last bits. Torch threads and workers do not (1 vs 2 threads: bit-equal on 400 IMDb reviews), so a
+# run may resume on a machine with other cores. "precision" counts once the option exists.
+OUTPUT_SETTINGS = ("text_column", "max_text_chars", "skip_bad", "chunk_rows", "batch_size", "max_batch_tokens", "precision")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output file (format from its extension), '-' for JSONL on stdout; with --engine ray also a directory"
     )
     p.add_argument("--text-column", default="text", help="the column holding the text to score (default: text)")
+    p.add_argument(
+        "--max-text-chars",
+        type=positive,
+        default=DEFAULT_MAX_TEXT_CHARS,
+        help=f"longer texts get an error value instead of a prediction, as the service answers 422 (default {DEFAULT_MAX_TEXT_CHARS})",
+    )
     p.add_argument("--model", default=None, help="model file (default: models/sentiment.pt, as the service)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument(
@@ -47,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
         help=f"rows read, length-sorted and written at a time (default {DEFAULT_CHUNK_ROWS}; Ray: rows per actor call, default {DEFAULT_RAY_BATCH_ROWS})",
     )
     p.add_argument("--skip-bad", action="store_true", help="leave rows with an error out of the output (they are still counted)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run that left OUTPUT.partial, from its last complete chunk (same input, model and settings)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -54,6 +79,17 @@ def parser() -> argparse.ArgumentParser:
         "--out-format", choices=("csv", "jsonl", "parquet"), default=None, help="format of a directory output (default: the input's)"
     )
     return p
+
+
+def positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def text_column(args: argparse.Namespace) -> TextColumn:
+    return TextColumn(args.text_column, args.max_text_chars)
 
 
 def check_column(source: Source, chunks: Iterator[list[dict[str, Any]]], column: str) -> Iterable[list[dict[str, Any]]]:
@@ -77,20 +113,76 @@ def check_column(source: Source, chunks: Iterator[list[dict[str, Any]]], column:
     return itertools.chain([first], chunks)
 
 
-def progress_bar(total: int | None, quiet: bool) -> Any:
+def progress_bar(total: int | None, quiet: bool, initial: int = 0) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="rows", disable=quiet, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit="rows", disable=quiet, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
 
-def run_local(args: argparse.Namespace, predictor: Predictor, labels: tuple[str, str], plan: ThreadPlan) -> Summary:
-    summary = Summary()
-    with open_source(args.input, args.chunk_rows) as source, open_sink(args.out, source) as sink:
-        chunks = check_column(source, source.chunks, args.text_column)
-        with progress_bar(source.total_rows, args.quiet) as bar:
-            for chunk in score_chunks(chunks, predictor, labels, args.text_column, plan, skip_bad=args.skip_bad, summary=summary):
+def check_resumable(args: argparse.Namespace) -> None:
+    """--resume needs files on both ends, and the local engine; refuse before the model loads."""
+    if args.engine == "ray":
+        raise ResumeRefused(
+            "--resume works with --engine local only: Ray Data retries failed tasks and restarts actors, "
+            "but a job whose driver died starts over (docs/scoring.md#resuming)"
+        )
+    if STDIO in (args.input, args.out):
+        raise ResumeRefused("--resume needs an input file and an output file, not '-'")
+
+
+def job_of(args: argparse.Namespace, model_sha256: str, device: torch.device) -> Job:
+    settings = {name: getattr(args, name) for name in OUTPUT_SETTINGS if hasattr(args, name)}
+    settings["device"] = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+    return Job(input_identity(args.input), model_sha256, settings)
+
+
+def checkpoint_for(args: argparse.Namespace, job: Job) -> Checkpoint:
+    """Where this run starts: the recorded state of an interrupted run (--resume), else the first row."""
+    partial = partial_path(args.out)
+    record = record_path(partial)
+    if args.resume and partial.exists() and record.is_file():
+        saved = Checkpoint.load(record)
+        reason = job.mismatch(saved.job)
+        if reason is not None:
+            raise ResumeRefused(f"cannot resume {args.out}: {reason}; run without --resume to start over")
+        log.info("resuming %s after %d rows", args.out, saved.rows_done)
+        return saved
+    if args.resume:
+        log.info("nothing to resume for %s (no %s with its record): starting from the first row", args.out, partial)
+    elif partial.exists():
+        log.warning("starting over: %s of an earlier run is discarded (--resume would continue it)", partial)
+    return Checkpoint(job)
+
+
+def skip_rows(chunks: Iterable[list[dict[str, Any]]], rows: int) -> Iterator[list[dict[str, Any]]]:
+    """The chunks after the first `rows` rows. They are read again, not scored: parsing is ~1,000x cheaper than the model."""
+    rest = iter(chunks)
+    skipped = 0
+    while skipped < rows:
+        chunk = next(rest, None)
+        if chunk is None:
+            break
+        skipped += len(chunk)
+    if skipped != rows:  # the input's identity and chunk size are checked first, so only a damaged record gets here
+        raise ResumeRefused(f"cannot resume: the record says {rows} rows were done, but chunks end at {skipped}")
+    return rest
+
+
+def run_local(
+    args: argparse.Namespace, predictor: Predictor, labels: tuple[str, str], plan: ThreadPlan, checkpoint: Checkpoint | None
+) -> Summary:
+    """Score chunk after chunk; each is written and recorded (commit) before the next, and a stop request is honoured between."""
+    done = checkpoint.rows_done if checkpoint is not None else 0
+    summary = Summary(resumed_after=done)
+    with StopRequests() as stop, open_source(args.input, args.chunk_rows) as source, open_sink(args.out, source, checkpoint) as sink:
+        chunks = skip_rows(check_column(source, source.chunks, args.text_column), done)
+        scored = score_chunks(chunks, predictor, labels, text_column(args), plan, skip_bad=args.skip_bad, summary=summary)
+        with progress_bar(source.total_rows, args.quiet, done) as bar, contextlib.closing(scored):
+            for chunk in scored:
                 sink.write(chunk)
+                sink.commit(done + summary.rows)
                 bar.update(len(chunk))
+                stop.check()
     return summary
 
 
@@ -113,7 +205,7 @@ def run_ray(args: argparse.Namespace, model_path: str) -> Summary:
             device=args.device,
             actors=args.workers,
             torch_threads=args.threads or 1,
-            text_column=args.text_column,
+            text=text_column(args),
             skip_bad=args.skip_bad,
             batch_rows=args.chunk_rows,
             out_format=args.out_format,
@@ -133,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args.chunk_rows = args.chunk_rows or (DEFAULT_RAY_BATCH_ROWS if args.engine == "ray" else DEFAULT_CHUNK_ROWS)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     model_path = str(args.model or artifact_io.default_model_path())
+    checkpoint = None
     try:
+        if args.resume:
+            check_resumable(args)
         if args.engine == "local":
             from scoring.io import format_of
 
@@ -152,18 +247,38 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_batch_tokens,
             )
             predictor = Predictor.from_artifact(loaded, device, max_batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
-            summary = run_local(args, predictor, manifest.labels, plan)
+            # A stream cannot be read again from a row on, nor appended to; a missing input gets open_source's message.
+            if STDIO not in (args.input, args.out) and Path(args.input).is_file():
+                checkpoint = checkpoint_for(args, job_of(args, loaded.file_sha256, device))
+            summary = run_local(args, predictor, manifest.labels, plan, checkpoint)
         else:
             summary = run_ray(args, model_path)
-    except (InputError, artifact_io.ArtifactError, DeviceUnavailable) as exc:
+    except (InputError, ResumeRefused, artifact_io.ArtifactError, DeviceUnavailable) as exc:
         print(f"sentiment-score: error: {exc}", file=sys.stderr)
         return 2
+    except WriteFailed as exc:
+        print(f"sentiment-score: error: {exc}{kept(args, checkpoint)}", file=sys.stderr)
+        return 2
+    except Stopped as exc:
+        print(f"sentiment-score: stopped by {exc}{kept(args, checkpoint)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("sentiment-score: interrupted; no output written", file=sys.stderr)
         return 130
     summary.seconds = time.perf_counter() - started
     log.info("%s", summary.line())
     return 0
+
+
+def kept(args: argparse.Namespace, checkpoint: Checkpoint | None) -> str:
+    """What a failed or stopped run leaves, for its last line."""
+    if args.out == STDIO:
+        return "; the output on stdout is incomplete"
+    if checkpoint is None:
+        return "; no output file written"
+    if not checkpoint.rows_done:
+        return "; no rows were done"
+    return f"; the first {checkpoint.rows_done} rows are kept: run the same command with --resume to continue"
 
 
 def cli() -> None:

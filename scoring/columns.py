@@ -1,6 +1,7 @@
-"""The columns scoring adds to each row, and which text values get an error instead of a prediction.
+"""The columns scoring adds to each row (contract.scored's record + error), and which values get an error instead.
 
-Shared by the local and the Ray engine so both give the same values.
+Shared by the local and the Ray engine so both give the same values; a text
+gets an error where the service would answer 422 (contract.scored's rule).
 """
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from contract import scored
 from contract.encoder import TextEncoder
-from contract.predictor import label_and_score
 from contract.vocab import Encoded
-
-OUTPUT_COLUMNS = ("label", "score", "p_positive", "n_tokens", "truncated", "error")
 
 
 class _Missing:
@@ -31,8 +30,16 @@ class Unreadable:
     reason: str
 
 
-def text_error(value: object) -> str | None:
-    """Why `value` cannot be scored, or None. The service answers 422 for the same texts."""
+@dataclass(frozen=True)
+class TextColumn:
+    """Where a row's text is, and the longest text scored (longer: the row's error, as the service's 422)."""
+
+    name: str = "text"
+    max_chars: int = scored.DEFAULT_MAX_TEXT_CHARS
+
+
+def value_error(value: object, max_chars: int) -> str | None:
+    """Why `value` cannot be scored, or None."""
     if isinstance(value, Unreadable):
         return value.reason
     if value is MISSING:
@@ -41,9 +48,7 @@ def text_error(value: object) -> str | None:
         return "missing text"
     if not isinstance(value, str):
         return f"text is not a string ({type(value).__name__})"
-    if not value.strip():
-        return "empty text"
-    return None
+    return scored.text_error(value, max_chars)
 
 
 @dataclass
@@ -62,26 +67,21 @@ class Prepared:
         return sum(e is not None for e in self.errors)
 
 
-def prepare(encoder: TextEncoder, values: Sequence[object]) -> Prepared:
-    errors = [text_error(v) for v in values]
+def prepare(encoder: TextEncoder, values: Sequence[object], max_chars: int) -> Prepared:
+    errors = [value_error(v, max_chars) for v in values]
     return Prepared(errors, [encoder.encode(v) for v, e in zip(values, errors, strict=True) if e is None])  # type: ignore[arg-type]
 
 
 def columns(prepared: Prepared, probs: Sequence[float], labels: tuple[str, str]) -> dict[str, list[Any]]:
-    """The OUTPUT_COLUMNS for a chunk: `probs` are P(positive) of its valid rows, in row order; bad rows get None and their error."""
-    out: dict[str, list[Any]] = {name: [] for name in OUTPUT_COLUMNS}
+    """scored.COLUMNS for a chunk: `probs` are P(positive) of its valid rows, in row order; bad rows get None and their error."""
+    out: dict[str, list[Any]] = {name: [] for name in scored.COLUMNS}
     valid = iter(zip(prepared.encoded, probs, strict=True))
     for error in prepared.errors:
-        if error is not None:
-            for name in OUTPUT_COLUMNS:
-                out[name].append(error if name == "error" else None)
-            continue
-        encoded, p = next(valid)
-        label, score = label_and_score(p, labels)
-        out["label"].append(label)
-        out["score"].append(score)
-        out["p_positive"].append(p)
-        out["n_tokens"].append(encoded.n_tokens)
-        out["truncated"].append(encoded.truncated)
-        out["error"].append(None)
+        if error is None:
+            encoded, p = next(valid)
+            row = scored.scored_row(scored.Scored.of(p, labels, encoded.n_tokens, encoded.truncated))
+        else:
+            row = scored.error_row(error)
+        for name, value in row.items():
+            out[name].append(value)
     return out

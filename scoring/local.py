@@ -29,6 +29,7 @@ class Summary:
     errors: int = 0  # rows with an error value (written, or left out with --skip-bad)
     written: int = 0
     seconds: float = 0.0
+    resumed_after: int = 0  # input rows a resumed run found done (not in `rows`)
 
     @property
     def rows_per_s(self) -> float:
@@ -36,14 +37,15 @@ class Summary:
 
     def line(self) -> str:
         skipped = f", {self.rows - self.written} left out" if self.written != self.rows else ""
-        return f"scored {self.rows} rows ({self.errors} errors{skipped}) in {self.seconds:.1f} s: {self.rows_per_s:.1f} rows/s"
+        resumed = f" after the {self.resumed_after} done before" if self.resumed_after else ""
+        return f"scored {self.rows} rows{resumed} ({self.errors} errors{skipped}) in {self.seconds:.1f} s: {self.rows_per_s:.1f} rows/s"
 
 
 def score_chunks(
     chunks: Iterable[list[dict[str, Any]]],
     predictor: Predictor,
     labels: tuple[str, str],
-    text_column: str,
+    text: scored_columns.TextColumn,
     threads: ThreadPlan,
     *,
     skip_bad: bool = False,
@@ -73,11 +75,14 @@ def score_chunks(
         return out
 
     held: collections.deque[tuple[list[dict[str, Any]], scored_columns.Prepared, Pending]] = collections.deque()
-    with ThreadPoolExecutor(threads.workers, thread_name_prefix="model-worker", initializer=init_thread) as pool:
+    pool = ThreadPoolExecutor(threads.workers, thread_name_prefix="model-worker", initializer=init_thread)
+    try:
         for chunk in chunks:
-            prepared = scored_columns.prepare(encoder, [text_value(row, text_column) for row in chunk])
+            prepared = scored_columns.prepare(encoder, [text_value(row, text.name) for row in chunk], text.max_chars)
             held.append((chunk, prepared, predictor.submit(prepared.ids, pool)))
             if len(held) >= depth:
                 yield finish(*held.popleft())
         while held:
             yield finish(*held.popleft())
+    finally:  # closed early (a stop request): drop the batches not started, so the stop waits for no more than those running
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import artifact as artifact_io
+from contract import scored
 from contract.device import resolve_device
 from contract.predictor import Predictor
 from scoring import columns as scored_columns
@@ -70,7 +71,14 @@ class ScoreBatch:
     """One actor: loads the model once, then scores Arrow batches (the Ray Data callable class)."""
 
     def __init__(
-        self, model_path: str, device: str, torch_threads: int, text_column: str, skip_bad: bool, counter: Any, **batching: int
+        self,
+        model_path: str,
+        device: str,
+        torch_threads: int,
+        text: scored_columns.TextColumn,
+        skip_bad: bool,
+        counter: Any,
+        **batching: int,
     ) -> None:
         import torch
 
@@ -80,7 +88,7 @@ class ScoreBatch:
         loaded = artifact_io.load(model_path, resolved)
         self.predictor = Predictor.from_artifact(loaded, resolved, **batching)
         self.labels = loaded.manifest.labels
-        self.text_column = text_column
+        self.text = text
         self.skip_bad = skip_bad
         self.counter = counter
 
@@ -89,31 +97,20 @@ class ScoreBatch:
         import pyarrow.compute
 
         ray = ray_module()
-        if self.text_column in table.column_names:
-            values = table.column(self.text_column).to_pylist()
+        if self.text.name in table.column_names:
+            values = table.column(self.text.name).to_pylist()
         else:
             values = [scored_columns.MISSING] * table.num_rows
         assert self.predictor.encoder is not None
-        prepared = scored_columns.prepare(self.predictor.encoder, values)
+        prepared = scored_columns.prepare(self.predictor.encoder, values, self.text.max_chars)
         added = scored_columns.columns(prepared, self.predictor.predict_ids(prepared.ids), self.labels)
-        table = table.drop_columns([c for c in scored_columns.OUTPUT_COLUMNS if c in table.column_names])
-        for name, kind in arrow_types(pyarrow).items():
-            table = table.append_column(pyarrow.field(name, kind), pyarrow.array(added[name], type=kind))
+        table = table.drop_columns([c for c in scored.COLUMNS if c in table.column_names])
+        for field in scored.arrow_fields():
+            table = table.append_column(field, pyarrow.array(added[field.name], type=field.type))
         if self.skip_bad:
-            table = table.filter(pyarrow.compute.is_null(table.column("error")))
+            table = table.filter(pyarrow.compute.is_null(table.column(scored.ERROR.name)))
         ray.get(self.counter.add.remote(len(values), prepared.n_errors))
         return table
-
-
-def arrow_types(pyarrow: Any) -> dict[str, Any]:
-    return {
-        "label": pyarrow.string(),
-        "score": pyarrow.float64(),
-        "p_positive": pyarrow.float64(),
-        "n_tokens": pyarrow.int64(),
-        "truncated": pyarrow.bool_(),
-        "error": pyarrow.string(),
-    }
 
 
 def init(address: str | None, cores: int) -> Any:
@@ -163,7 +160,7 @@ def score(
     device: str,
     actors: int,
     torch_threads: int,
-    text_column: str,
+    text: scored_columns.TextColumn,
     skip_bad: bool,
     batch_rows: int,
     out_format: str | None,
@@ -178,7 +175,7 @@ def score(
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in input order
-        ds, fmt = read(ray, source_path, text_column)
+        ds, fmt = read(ray, source_path, text.name)
         schema = ds.schema()
         if actors <= 0:  # all CPUs but one (for the read and write tasks), one actor per torch_threads of them
             actors = max(1, int((ray.cluster_resources().get("CPU", 2) - 1) // max(1, torch_threads)))
@@ -189,7 +186,7 @@ def score(
                 "model_path": model_for_actors(ray, model_path),
                 "device": device,
                 "torch_threads": torch_threads,
-                "text_column": text_column,
+                "text": text,
                 "skip_bad": skip_bad,
                 "counter": counter,
                 **batching,

@@ -13,6 +13,7 @@ from torch import nn
 
 from app import runner as runner_module
 from app.runner import Runner
+from app.service import encode
 from contract import artifact as artifact_io
 from contract.artifact import Artifact
 from contract.manifest import Manifest
@@ -82,15 +83,15 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
     batches: list[int] = []
     gate = threading.Event()
     armed = threading.Event()
-    forward = Runner.forward
+    run_batch = Runner.run_batch
 
     def spy(self: Runner, jobs: list[runner_module.Job]) -> list[runner_module.Output]:
         if armed.is_set():
             batches.append(len(jobs))
             gate.wait(10)
-        return forward(self, jobs)
+        return run_batch(self, jobs)
 
-    monkeypatch.setattr(Runner, "forward", spy)
+    monkeypatch.setattr(Runner, "run_batch", spy)
     texts = [POSITIVE, NEGATIVE, "great", "i hated the plot", "the best film", "boring " * 30, "it was a mess", "superb actors"]
     async with serve(max_batch_size=64, model_workers=1, min_batch_size=1, max_batch_padding=100) as (client, app):  # mixed lengths
         armed.set()
@@ -98,7 +99,7 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
         while not batches:
             await asyncio.sleep(0.002)
         rest = [asyncio.create_task(client.post("/predict", json={"text": t})) for t in texts[1:]]
-        while app.state.service.runner.batcher.depth < len(texts) - 1:
+        while app.state.service.queue_depth < len(texts) - 1:
             await asyncio.sleep(0.002)
         gate.set()
         responses = await asyncio.gather(first, *rest)
@@ -106,7 +107,7 @@ async def test_concurrent_requests_share_forward_passes_with_unchanged_results(
     assert batches == [1, len(texts) - 1], "8 requests, 2 forward passes"
     got = [r.json()["predictions"][0]["p_positive"] for r in responses]
     alone = Runner(tiny_artifact)
-    expected = [alone.forward(alone.encode([t]))[0].p_positive for t in texts]
+    expected = [alone.run_batch(encode(alone, [t], False, None))[0].p_positive for t in texts]
     assert got == pytest.approx(expected, abs=1e-5)
 
 
@@ -116,7 +117,7 @@ async def test_a_request_larger_than_a_batch_is_split_and_kept_in_order(serve: S
         response = await client.post("/predict", json={"texts": texts})
         batches = app.state.metrics.registry.get_sample_value("sentiment_batch_size_count", {"kind": "predict"})
     alone = Runner(tiny_artifact)
-    expected = [alone.forward(alone.encode([t]))[0].p_positive for t in texts]
+    expected = [alone.run_batch(encode(alone, [t], False, None))[0].p_positive for t in texts]
     assert [p["p_positive"] for p in response.json()["predictions"]] == pytest.approx(expected, abs=1e-5)
     assert batches >= 6  # 23 texts, at most 4 per forward pass
 
@@ -257,63 +258,97 @@ async def _answers(serve: ServeFactory, bodies: list[dict], headers: dict[str, s
 @pytest.fixture
 def lane_answers(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Apps created after this record, per /predict request reaching the fast lane, whether it answered."""
-    from app.routes import predict as predict_route
+    from app.routes.predict import FastLane
 
     answered: list[bool] = []
-    original = predict_route.fast_lane
+    original = FastLane.answer
 
-    async def spy(scope, body):  # type: ignore[no-untyped-def]
-        response = await original(scope, body)
+    async def spy(self, scope, body):  # type: ignore[no-untyped-def]
+        response = await original(self, scope, body)
         answered.append(response is not None)
         return response
 
-    monkeypatch.setattr(predict_route, "fast_lane", spy)
+    monkeypatch.setattr(FastLane, "answer", spy)
     return answered
+
+
+def _decline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps answer every /predict request through the FastAPI route from now on."""
+    from app.routes.predict import FastLane
+
+    async def declined(self, scope, body):  # type: ignore[no-untyped-def]
+        return None
+
+    monkeypatch.setattr(FastLane, "answer", declined)
 
 
 async def test_fast_lane_answers_plain_requests_exactly_as_the_route_does(
     serve: ServeFactory, monkeypatch: pytest.MonkeyPatch, lane_answers: list[bool]
 ) -> None:
-    from app.routes import predict as predict_route
-
     fast = await _answers(serve, FAST_LANE_BODIES, {"X-Request-Timeout-Ms": "5000"})
     assert lane_answers == [True] * len(FAST_LANE_BODIES)
-
-    async def declined(scope, body):  # type: ignore[no-untyped-def]
-        return None
-
-    monkeypatch.setattr(predict_route, "fast_lane", declined)
+    _decline(monkeypatch)
     slow = await _answers(serve, FAST_LANE_BODIES, {"X-Request-Timeout-Ms": "5000"})
     assert [status for status, _ in fast] == [200] * len(FAST_LANE_BODIES)
     assert fast == slow  # byte for byte: one renderer
     assert json.loads(fast[3][1])["predictions"][0]["explanation"]["method"] == "gradient_x_input"
 
 
+KEY = {"Authorization": "Bearer s3cret"}
+
+
 @pytest.mark.parametrize(
-    ("body", "headers", "status"),
+    ("body", "headers", "status", "lane"),
     [
-        (b'{"text": "   "}', {}, 422),  # blank: the route's validation message
-        (b'{"text": "good", "extra": 1}', {}, 422),
-        (b'{"text": "good"', {}, 400),  # malformed JSON
-        (b'{"text": "good"}', {"X-Request-Timeout-Ms": "-5"}, 422),
-        (b'{"text": "good"}', {"Content-Type": "text/plain"}, 422),
+        (b'{"text": "   "}', KEY, 422, True),  # blank: the route's validation message
+        (b'{"text": "good", "extra": 1}', KEY, 422, True),
+        (b'{"texts": ["good", " ", 5]}', KEY, 422, True),
+        (b'{"texts": []}', KEY, 422, True),
+        (b'{"text": "a", "texts": ["b"]}', KEY, 422, True),
+        (b"{}", KEY, 422, True),
+        (b'{"text": "good", "explain": "yes"}', KEY, 422, True),
+        (b'{"texts": ["good", "good", "good"]}', KEY, 422, True),  # over max_items_per_request
+        (b'{"text": "' + b"x" * 60 + b'"}', KEY, 422, True),  # over max_text_chars
+        (b'{"text": "good"}', {**KEY, "X-Request-Timeout-Ms": "-5"}, 422, True),
+        (b'{"text": "good"}', {}, 401, True),  # the key before anything about the body...
+        (b'{"text": "   "}', {"Authorization": "Bearer wrong"}, 401, True),
+        (b'{"text": "good"}', {"X-Request-Timeout-Ms": "-5"}, 401, True),  # ...or the deadline header
+        (b'{"text": "good"', {}, 400, False),  # malformed JSON: FastAPI names the error (before the key, as ever)
+        (b"[1]", KEY, 422, False),  # not an object
+        (b"null", KEY, 422, False),
+        (b'{"text": "good"}', {**KEY, "Content-Type": "text/plain"}, 422, False),
     ],
 )
-async def test_fast_lane_declines_what_the_route_must_refuse(
-    serve: ServeFactory, lane_answers: list[bool], body: bytes, headers: dict[str, str], status: int
+async def test_fast_lane_refuses_exactly_as_the_route_does_and_leaves_it_only_what_is_not_a_json_object(
+    serve: ServeFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    lane_answers: list[bool],
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    lane: bool,
 ) -> None:
-    async with serve() as (client, _):
-        response = await client.post("/predict", content=body, headers={"Content-Type": "application/json", **headers})
-    assert response.status_code == status and "error" in response.json()
-    assert lane_answers in ([], [False])
+    settings = {"api_key": "s3cret", "max_items_per_request": 2, "max_text_chars": 50}
+
+    async def answer() -> tuple[int, bytes, str | None]:
+        async with serve(**settings) as (client, _):
+            r = await client.post("/predict", content=body, headers={"Content-Type": "application/json", **headers})
+        return r.status_code, r.content, r.headers.get("WWW-Authenticate")
+
+    fast = await answer()
+    assert lane_answers == [lane]
+    _decline(monkeypatch)
+    assert fast == await answer()  # byte for byte: one error format, the same checks in the same order
+    assert fast[0] == status and "error" in json.loads(fast[1])
 
 
-async def test_fast_lane_maps_a_full_queue_to_503_with_retry_after(serve: ServeFactory) -> None:
+async def test_fast_lane_maps_a_full_queue_to_503_with_retry_after(serve: ServeFactory, lane_answers: list[bool]) -> None:
     async with serve(max_queue=1, max_items_per_request=1) as (client, app):
-        runner = app.state.service.runner
-        runner.batcher._closing = True  # not accepting: the runner refuses at once, as when draining
+        queue = app.state.service._batcher
+        queue._closing = True  # not accepting: the service refuses at once, as when draining
         response = await client.post("/predict", json={"text": POSITIVE})
-        runner.batcher._closing = False
+        queue._closing = False
+    assert lane_answers == [True]
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.json()["error"]["type"] == "shutting_down"
 

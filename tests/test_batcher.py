@@ -9,7 +9,7 @@ from collections.abc import Hashable, Sequence
 
 import pytest
 
-from app.batcher import Batcher, BatchStats, Closed, DeadlineExceeded, QueueFull
+from app.batcher import Batcher, BatchPolicy, BatchStats, Closed, DeadlineExceeded, QueueFull
 
 pytestmark = pytest.mark.anyio
 
@@ -34,10 +34,21 @@ class Worker:
         return [item.upper() for item in items]
 
 
+# No padding cap, no age rule, one worker: each test turns on what it is about.
+NEUTRAL = {"workers": 1, "min_batch_size": 1, "max_batch_padding": float("inf"), "max_queue_age_ms": 0, "queue_age_factor": 0.0}
+
+
+def policy(**fields: object) -> BatchPolicy:
+    return BatchPolicy(**{**NEUTRAL, **fields})  # type: ignore[arg-type]
+
+
 def make(worker: Worker, **kwargs: object) -> Batcher[str, str]:
-    options: dict[str, object] = {"max_batch_size": 8, "max_batch_cost": 10_000, "max_queue": 64, "cost": len}
-    options.update(kwargs)
-    return Batcher(worker, **options)  # type: ignore[arg-type]
+    """A batcher for `worker`; BatchPolicy fields and Batcher keywords (cost, key, observe) both go in `kwargs`."""
+    fields: dict[str, object] = {"max_batch_size": 8, "max_batch_tokens": 10_000, "max_queue": 64}
+    options: dict[str, object] = {"cost": len}
+    for name, value in kwargs.items():
+        (fields if name in BatchPolicy.__dataclass_fields__ else options)[name] = value
+    return Batcher(worker, policy(**fields), **options)  # type: ignore[arg-type]
 
 
 async def until(predicate: object, timeout: float = 5.0) -> None:
@@ -109,7 +120,7 @@ async def test_the_waiting_items_are_split_over_the_free_workers() -> None:
 
 async def test_batches_respect_item_and_cost_limits() -> None:
     worker = Worker()
-    batcher = make(worker, max_batch_size=3, max_batch_cost=8)
+    batcher = make(worker, max_batch_size=3, max_batch_tokens=8)
     batcher.start()
     blocker = await hold_worker(batcher, worker)
     texts = ["aa", "bb", "cc", "dd", "eeee", "ffff", "g"]
@@ -293,7 +304,7 @@ async def test_results_must_match_the_batch() -> None:
     def broken(items: Sequence[str]) -> list[str]:
         return []
 
-    batcher: Batcher[str, str] = Batcher(broken, max_batch_size=4, max_batch_cost=100, max_queue=4)
+    batcher: Batcher[str, str] = Batcher(broken, policy(max_batch_size=4, max_batch_tokens=100, max_queue=4))
     batcher.start()
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         await batcher.submit(["x"])
@@ -321,7 +332,7 @@ async def test_padding_cap_cuts_batches_of_similar_cost_instead_of_one_mixed_bat
     assert len(await _batches_after_hold(uncapped, uncapped._process, texts)) == 1  # type: ignore[arg-type]
     await uncapped.close()
     worker = Worker()
-    capped = make(worker, max_batch_size=64, max_padding=1.2)
+    capped = make(worker, max_batch_size=64, max_batch_padding=1.2)
     capped.start()
     batches = await _batches_after_hold(capped, worker, texts)
     assert [sorted(b) for b in batches] == [sorted(["a" * 10, "c" * 9, "e" * 10]), ["bb", "dd"]]  # the oldest's group first
@@ -332,7 +343,7 @@ async def test_padding_cap_cuts_batches_of_similar_cost_instead_of_one_mixed_bat
 
 async def test_items_older_than_max_age_join_the_next_batch_despite_the_padding_cap() -> None:
     texts = ["a" * 10, "b" * 2, "c" * 10]  # "bb" waits 50 ms before "c..." arrives
-    young = make(Worker(), max_batch_size=64, max_padding=1.2, max_age=1.0)
+    young = make(Worker(), max_batch_size=64, max_batch_padding=1.2, max_queue_age_ms=1000)
     young.start()
     assert [sorted(b) for b in await _batches_after_hold(young, young._process, texts, pause_after=1)] == [  # type: ignore[arg-type]
         ["a" * 10, "c" * 10],
@@ -340,7 +351,7 @@ async def test_items_older_than_max_age_join_the_next_batch_despite_the_padding_
     ]
     await young.close()
     worker = Worker()
-    old = make(worker, max_batch_size=64, max_padding=1.2, max_age=0.02)
+    old = make(worker, max_batch_size=64, max_batch_padding=1.2, max_queue_age_ms=20)
     old.start()
     assert [sorted(b) for b in await _batches_after_hold(old, worker, texts, pause_after=1)] == [["a" * 10, "bb"], ["c" * 10]]
     await old.close()
@@ -349,7 +360,7 @@ async def test_items_older_than_max_age_join_the_next_batch_despite_the_padding_
 async def test_under_sustained_waits_only_items_past_age_factor_x_the_mean_wait_are_overdue() -> None:
     """Past a long wait (overload), a fixed max_age would mark every item overdue and batch them FIFO, mixed."""
     worker = Worker()
-    relative = make(worker, max_batch_size=64, max_padding=1.2, max_age=0.02, age_factor=2.0)
+    relative = make(worker, max_batch_size=64, max_batch_padding=1.2, max_queue_age_ms=20, queue_age_factor=2.0)
     relative.start()
     blocker = await hold_worker(relative, worker)
     backlog = asyncio.create_task(relative.submit(["x" * 5] * 4))
@@ -364,5 +375,24 @@ async def test_under_sustained_waits_only_items_past_age_factor_x_the_mean_wait_
 
 
 def test_max_padding_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="max_padding"):
-        make(Worker(), max_padding=0.9)
+    with pytest.raises(ValueError, match="max_batch_padding"):
+        make(Worker(), max_batch_padding=0.9)
+
+
+async def test_reserved_room_counts_until_submitted_or_released() -> None:
+    """The one admission check: room reserved before the caller's own work (encoding) is held for it."""
+    worker = Worker()
+    batcher = make(worker, max_queue=3)
+    batcher.start()
+    batcher.reserve(2)
+    with pytest.raises(QueueFull, match="holds 2 of 3"):
+        batcher.reserve(2)  # nothing waits yet, but 2 places are promised
+    assert await batcher.submit(["a", "b"], reserved=True) == ["A", "B"]
+    batcher.reserve(3)  # submitted: the room is free again
+    batcher.release(3)
+    batcher.reserve(1)
+    await batcher.close()
+    with pytest.raises(Closed):
+        await batcher.submit(["c"], reserved=True)  # closing began while the caller prepared its payloads
+    with pytest.raises(Closed):
+        batcher.reserve(1)

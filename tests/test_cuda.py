@@ -24,10 +24,10 @@ def _ids(n: int, vocab_size: int) -> list[list[int]]:
 def test_shipped_model_on_cuda_matches_cpu_on_both_routes() -> None:
     cpu, cuda = artifact_io.load(SHIPPED), artifact_io.load(SHIPPED, "cuda")
     ids = _ids(48, cpu.manifest.vocab_size)
-    reference = Predictor(cpu.module).forward(ids)
+    reference = Predictor(cpu.module).predict_batch(ids)
     for limit in (0.0, float("inf")):  # packed, dense
         cuda.module.dense_max_padding = limit
-        got = Predictor(cuda.module, device="cuda").forward(ids)
+        got = Predictor(cuda.module, device="cuda").predict_batch(ids)
         assert max(abs(a - b) for a, b in zip(got, reference, strict=True)) < 1e-4
 
 

@@ -1,7 +1,7 @@
 """A forward pass that raises (issue 30, part 4): its requests get a JSON 500, every other request and the worker go on.
 
 The fault is injected into the runner's worker-thread call of the model
-(`Runner.forward`): texts of POISON_TOKENS tokens make it raise, as a model bug that one
+(`Runner.run_batch`): texts of POISON_TOKENS tokens make it raise, as a model bug that one
 input triggers would. The batcher reruns a failed batch one text at a time,
 so only the requests holding the bad text fail; a fault that passes (the
 first batch only) costs no request at all.
@@ -23,14 +23,12 @@ MODEL = "/v2/models/tiny-test-model"
 
 
 class _Fault:
-    """Makes Runner.forward raise on batches holding POISON (or on the first batch only) once `armed`; records batch sizes."""
+    """Makes Runner.run_batch raise on batches holding POISON (or on the first batch only) once `armed`; records batch sizes."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, first_only: bool = False) -> None:
         self.armed = False  # the golden check at start-up runs clean
         self.sizes: list[int] = []
-        # The worker-thread model call: Runner.forward here, Runner.run_batch after the request-path refactor.
-        method = "run_batch" if hasattr(Runner, "run_batch") else "forward"
-        original = getattr(Runner, method)  # patched on the class before start: the batcher may hold a bound method
+        original = Runner.run_batch  # patched on the class before start: `process` looks it up per batch
 
         def forward(runner: Runner, jobs: list[Job]) -> list[Output]:
             if self.armed:
@@ -39,7 +37,7 @@ class _Fault:
                     raise RuntimeError("injected fault in the forward pass")
             return original(runner, jobs)
 
-        monkeypatch.setattr(Runner, method, forward)
+        monkeypatch.setattr(Runner, "run_batch", forward)
 
 
 def _oip(texts: list[str]) -> dict[str, Any]:

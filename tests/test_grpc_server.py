@@ -1,4 +1,4 @@
-"""app/grpc_server.py: the KServe/Triton GRPCInferenceService and grpc.health.v1 beside HTTP, same runner, limits and drain."""
+"""app/grpc_server.py: the KServe/Triton GRPCInferenceService and grpc.health.v1 beside HTTP, same service, limits and drain."""
 
 from __future__ import annotations
 
@@ -106,25 +106,25 @@ async def test_the_deadline_is_the_timeout_and_overload_says_when_to_retry(
 ) -> None:
     seen: list[float | None] = []
     async with grpc_app() as (stub, _, app):
-        runner = app.state.service.runner
-        real = runner.predict
+        queue = app.state.service._batcher
+        real = queue.submit
 
-        async def watched(texts: list[str], **kwargs: Any) -> Any:
-            seen.append(kwargs.get("timeout"))
-            return await real(texts, **kwargs)
+        async def watched(jobs: list[Any], timeout: float | None = None, **kwargs: Any) -> Any:
+            seen.append(timeout)
+            return await real(jobs, timeout, **kwargs)
 
-        monkeypatch.setattr(runner, "predict", watched)
+        monkeypatch.setattr(queue, "submit", watched)
         await stub.ModelInfer(infer_request(["fine"]), timeout=2.0)
         await stub.ModelInfer(infer_request(["fine"]))
 
-        async def full(texts: list[str], **kwargs: Any) -> Any:
+        def full(n: int) -> None:
             raise batcher.QueueFull("queue full: 1024 texts waiting")
 
-        monkeypatch.setattr(runner, "predict", full)
+        monkeypatch.setattr(queue, "reserve", full)
         with pytest.raises(grpc.aio.AioRpcError) as overloaded:
             await stub.ModelInfer(infer_request(["fine"]))
     assert seen[0] is not None and 1.5 < seen[0] <= 2.0  # the call's deadline, less what has passed
-    assert seen[1] == 30.0  # no deadline: the server's request_timeout_ms
+    assert seen[1] is not None and 29.5 < seen[1] <= 30.0  # no deadline: the server's request_timeout_ms, less what has passed
     assert overloaded.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in overloaded.value.details()
     assert ("retry-after", "1") in tuple(overloaded.value.trailing_metadata())
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 class Gate:
-    """Patches Runner.forward so the test decides when the model may proceed (and what it does)."""
+    """Patches Runner.run_batch so the test decides when the model may proceed (and what it does)."""
 
     def __init__(self) -> None:
         self.open = threading.Event()
@@ -30,16 +30,16 @@ class Gate:
 
     @contextmanager
     def installed(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-        forward = Runner.forward
+        run_batch = Runner.run_batch
 
         def gated(runner: Runner, jobs: list[runner_module.Job]) -> list[runner_module.Output]:
             if self.armed.is_set():
                 self.batches.append([len(j.ids) for j in jobs])
                 assert self.open.wait(10), "test gate never opened"
                 self.hook(jobs)
-            return forward(runner, jobs)
+            return run_batch(runner, jobs)
 
-        monkeypatch.setattr(Runner, "forward", gated)
+        monkeypatch.setattr(Runner, "run_batch", gated)
         try:
             yield self
         finally:
@@ -177,7 +177,7 @@ async def test_a_full_queue_answers_503_with_retry_after_at_once(serve: ServeFac
         running,
     ):  # one gated worker holds all
         queued = asyncio.create_task(client.post("/predict", json={"texts": ["good", "bad"]}))
-        await wait_for(lambda: app.state.service.runner.batcher.depth == 2)
+        await wait_for(lambda: app.state.service.queue_depth == 2)
         refused = await client.post("/predict", json={"text": "one more"})
         refused_oip = await client.post(
             "/v2/models/tiny-test-model/infer", json={"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
@@ -231,10 +231,10 @@ async def test_a_client_that_leaves_has_its_queued_text_dropped(serve: ServeFact
             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
         }  # fmt: skip
         leaving = asyncio.create_task(app(scope, receive, send))
-        await wait_for(lambda: app.state.service.runner.batcher.depth == 1)
+        await wait_for(lambda: app.state.service.queue_depth == 1)
         gone.set()
         await asyncio.wait_for(leaving, 5)
-        depth = app.state.service.runner.batcher.depth
+        depth = app.state.service.queue_depth
         gate.open.set()
         assert (await running).status_code == 200, "the other client is served as usual"
         closed = app.state.metrics.registry.get_sample_value("sentiment_rejected_total", {"reason": "client_closed"})
@@ -246,7 +246,7 @@ async def test_a_client_that_leaves_has_its_queued_text_dropped(serve: ServeFact
 async def test_a_missed_deadline_is_504_and_the_text_never_reaches_the_model(serve: ServeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     async with model_held(serve, monkeypatch) as (gate, client, app, running):
         late = await client.post("/predict", json={"text": "great " * 7}, headers={"X-Request-Timeout-Ms": "50"})
-        depth_after = app.state.service.runner.batcher.depth
+        depth_after = app.state.service.queue_depth
         gate.open.set()
         assert (await running).status_code == 200
     assert late.status_code == 504 and error_of(late)["type"] == "deadline_exceeded"

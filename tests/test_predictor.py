@@ -10,7 +10,8 @@ import pytest
 
 from contract import artifact as artifact_io
 from contract.artifact import Artifact
-from contract.predictor import Predictor, label_and_score, length_sorted_batches
+from contract.predictor import Predictor, length_sorted_batches
+from contract.scored import label_and_score
 from tests import tiny_model
 from tests.conftest import ServeFactory
 
@@ -45,7 +46,7 @@ def test_empty_input() -> None:
 
 def test_predict_is_in_input_order_and_independent_of_batching(tiny_artifact: Artifact) -> None:
     texts = mixed_texts(300)
-    alone = [Predictor.from_artifact(tiny_artifact).forward([e.ids])[0] for e in Predictor.from_artifact(tiny_artifact).encode(texts)]
+    alone = [Predictor.from_artifact(tiny_artifact).predict_batch([e.ids])[0] for e in Predictor.from_artifact(tiny_artifact).encode(texts)]
     for size, tokens in [(64, 64 * 24), (7, 10_000), (1, 1)]:
         probs = Predictor.from_artifact(tiny_artifact, max_batch_size=size, max_batch_tokens=tokens).predict(texts)
         assert probs == pytest.approx(alone, abs=1e-5)

@@ -1,18 +1,23 @@
-"""The runner with the tiny real model: batching must not change results; explanations; encoding placement."""
+"""The runner with the tiny real model, and the service's inference call around it: batching must not change
+results; explanations; encoding placement; the batch policy from the settings."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
 from app import runner as runner_module
-from app.config import Settings
+from app import service as service_module
+from app.config import AUTO_MIN_BATCH_SIZE, Settings
 from app.metrics import Metrics
-from app.runner import GOLDEN, DeviceUnavailable, Runner, ThreadPlan, plan_threads, resolve_device
+from app.runner import DeviceUnavailable, Runner, ThreadPlan, plan_threads, resolve_device
+from app.service import GOLDEN, Service, encode, golden_check, prediction
 from contract.artifact import Artifact
 from contract.text import normalize_token
 from tests.tiny_model import MAX_LENGTH
@@ -28,12 +33,22 @@ TEXTS = [
 ]
 
 
+@asynccontextmanager
+async def started(settings: Settings, artifact: Artifact, metrics: Metrics | None = None) -> AsyncIterator[Service]:
+    service = Service(settings, metrics or Metrics(), artifact)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
 def test_batched_forward_equals_one_text_at_a_time(tiny_artifact: Artifact) -> None:
     runner = Runner(tiny_artifact)
-    jobs = runner.encode(TEXTS)
-    together = [o.p_positive for o in runner.forward(jobs)]
-    alone = [runner.forward([job])[0].p_positive for job in jobs]
-    reversed_batch = [o.p_positive for o in runner.forward(jobs[::-1])][::-1]
+    jobs = encode(runner, TEXTS, False, None)
+    together = [o.p_positive for o in runner.run_batch(jobs)]
+    alone = [runner.run_batch([job])[0].p_positive for job in jobs]
+    reversed_batch = [o.p_positive for o in runner.run_batch(jobs[::-1])][::-1]
     assert together == pytest.approx(alone, abs=1e-5)
     assert reversed_batch == pytest.approx(alone, abs=1e-5)
     assert all(0.0 <= p <= 1.0 for p in together)
@@ -41,7 +56,7 @@ def test_batched_forward_equals_one_text_at_a_time(tiny_artifact: Artifact) -> N
 
 def test_encoding_flags_truncation_and_empty_texts(tiny_artifact: Artifact) -> None:
     runner = Runner(tiny_artifact)
-    long_job, empty_job, short_job = runner.encode([TEXTS[3], TEXTS[5], TEXTS[2]])
+    long_job, empty_job, short_job = encode(runner, [TEXTS[3], TEXTS[5], TEXTS[2]], False, None)
     assert long_job.truncated and long_job.n_tokens == 60 and len(long_job.ids) == MAX_LENGTH
     assert not empty_job.truncated and empty_job.n_tokens == 0 and empty_job.ids == [1]  # [UNK]
     assert not short_job.truncated and short_job.n_tokens == 1
@@ -49,15 +64,15 @@ def test_encoding_flags_truncation_and_empty_texts(tiny_artifact: Artifact) -> N
 
 def test_explanations_align_with_the_original_text(tiny_artifact: Artifact) -> None:
     runner = Runner(tiny_artifact)
-    jobs = runner.encode(TEXTS, explain=True)
-    outputs = runner.forward(jobs)
-    plain = runner.forward(runner.encode(TEXTS))
+    jobs = encode(runner, TEXTS, True, None)
+    outputs = runner.run_batch(jobs)
+    plain = runner.run_batch(encode(runner, TEXTS, False, None))
     for text, job, output, p in zip(TEXTS, jobs, outputs, plain, strict=True):
         assert output.p_positive == pytest.approx(p.p_positive, abs=1e-5)
-        prediction = runner._prediction(job, output)
-        assert prediction.explanation is not None
-        assert len(prediction.explanation) == (len(job.ids) if job.n_tokens else 0)
-        for item in prediction.explanation:
+        answer = prediction(job, output, tiny_artifact.manifest.labels)
+        assert answer.explanation is not None
+        assert len(answer.explanation) == (len(job.ids) if job.n_tokens else 0)
+        for item in answer.explanation:
             assert normalize_token(text[item.start : item.end]) == item.token
     attributions = outputs[0].attributions
     assert attributions is not None and any(a != 0.0 for a in attributions)
@@ -65,96 +80,86 @@ def test_explanations_align_with_the_original_text(tiny_artifact: Artifact) -> N
 
 def test_labels_and_scores_follow_the_manifest(tiny_artifact: Artifact) -> None:
     runner = Runner(tiny_artifact)
-    jobs = runner.encode(TEXTS[:2])
-    positive, negative = (runner._prediction(j, o) for j, o in zip(jobs, runner.forward(jobs), strict=True))
+    jobs = encode(runner, TEXTS[:2], False, None)
+    labels = tiny_artifact.manifest.labels
+    positive, negative = (prediction(j, o, labels) for j, o in zip(jobs, runner.run_batch(jobs), strict=True))
     assert (positive.label, negative.label) == ("positive", "negative")
     assert positive.score == positive.p_positive > 0.5
     assert negative.score == pytest.approx(1 - negative.p_positive) and negative.score > 0.5
 
 
-def test_start_runs_the_golden_check_and_close_stops_the_worker(tiny_artifact: Artifact) -> None:
-    async def run() -> None:
-        runner = Runner(tiny_artifact)
-        assert not runner.accepting
-        await runner.start()
-        assert runner.golden_ok and runner.accepting
-        await runner.close()
-        assert not runner.accepting
-
-    asyncio.run(run())
+def test_the_golden_check_passes_and_has_one_text_per_label(tiny_artifact: Artifact) -> None:
+    assert golden_check(Runner(tiny_artifact))
     assert len(GOLDEN) == 2 and {label for _, label in GOLDEN} == {0, 1}
 
 
-def test_concurrent_predicts_share_forward_passes(tiny_artifact: Artifact, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_predicts_share_forward_passes(
+    make_settings: Callable[..., Settings], tiny_artifact: Artifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     gate = threading.Event()
     armed = threading.Event()  # ignore the warm-up's forward passes
-    forward = Runner.forward
+    run_batch = Runner.run_batch
 
     def spy(self: Runner, jobs: list[runner_module.Job]) -> list[runner_module.Output]:
         if armed.is_set():
             calls.append(len(jobs))
             gate.wait(10)
-        return forward(self, jobs)
+        return run_batch(self, jobs)
 
-    monkeypatch.setattr(Runner, "forward", spy)
+    monkeypatch.setattr(Runner, "run_batch", spy)
 
     async def run() -> list[list[float]]:
-        runner = Runner(tiny_artifact, max_batch_size=64)
-        await runner.start()
-        armed.set()
-        tasks = [asyncio.create_task(runner.predict([TEXTS[0]]))]
-        while not calls:  # the first text runs alone...
-            await asyncio.sleep(0.002)
-        tasks += [asyncio.create_task(runner.predict([t])) for t in TEXTS[1:]]
-        while runner.batcher.depth < len(TEXTS) - 1:  # ...while the others queue up behind it
-            await asyncio.sleep(0.002)
-        gate.set()
-        results = [[p.p_positive for p in r] for r in await asyncio.gather(*tasks)]
-        await runner.close()
-        return results
+        async with started(make_settings(max_batch_size=64, model_workers=1, max_batch_padding=100), tiny_artifact) as service:
+            armed.set()
+            tasks = [asyncio.create_task(service.predict([TEXTS[0]]))]
+            while not calls:  # the first text runs alone...
+                await asyncio.sleep(0.002)
+            tasks += [asyncio.create_task(service.predict([t])) for t in TEXTS[1:]]
+            while service.queue_depth < len(TEXTS) - 1:  # ...while the others queue up behind it
+                await asyncio.sleep(0.002)
+            gate.set()
+            return [[p.p_positive for p in r.predictions] for r in await asyncio.gather(*tasks)]
 
     results = asyncio.run(run())
     armed.clear()
     assert calls == [1, len(TEXTS) - 1]
     alone = Runner(tiny_artifact)
-    expected = [alone.forward(alone.encode([t]))[0].p_positive for t in TEXTS]
+    expected = [alone.run_batch(encode(alone, [t], False, None))[0].p_positive for t in TEXTS]
     assert [r[0] for r in results] == pytest.approx(expected, abs=1e-5)
 
 
-def test_small_requests_encode_inline_and_large_ones_off_the_loop(tiny_artifact: Artifact, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_requests_encode_inline_and_large_ones_off_the_loop(
+    make_settings: Callable[..., Settings], tiny_artifact: Artifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
     threads: list[str] = []
-    encode = Runner.encode
 
-    def spy(self: Runner, texts: list[str], explain: bool = False) -> list[runner_module.Job]:
+    def spy(*args: object) -> list[runner_module.Job]:
         threads.append(threading.current_thread().name)
-        return encode(self, texts, explain)
+        return encode(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Runner, "encode", spy)
+    monkeypatch.setattr(service_module, "encode", spy)
 
     async def run() -> str:
-        runner = Runner(tiny_artifact)
-        await runner.start()
-        threads.clear()
-        loop_thread = threading.current_thread().name
-        await runner.predict(["great film"])
-        await runner.predict(["great film " * 1000])  # 11k characters
-        await runner.close()
-        return loop_thread
+        async with started(make_settings(), tiny_artifact) as service:
+            threads.clear()
+            loop_thread = threading.current_thread().name
+            await service.predict(["great film"])
+            await service.predict(["great film " * 1000])  # 11k characters
+            return loop_thread
 
     loop_thread = asyncio.run(run())
     assert threads[0] == loop_thread
     assert threads[1] != loop_thread
 
 
-def test_metrics_count_texts_tokens_truncation_and_batches(tiny_artifact: Artifact) -> None:
+def test_metrics_count_texts_tokens_truncation_and_batches(make_settings: Callable[..., Settings], tiny_artifact: Artifact) -> None:
     metrics = Metrics()
 
     async def run() -> None:
-        runner = Runner(tiny_artifact, metrics=metrics)
-        await runner.start()
-        await runner.predict([TEXTS[3], "zzzz qqqq great"])
-        await runner.close()
+        settings = make_settings(model_workers=1, max_batch_padding=100)  # one batch for both texts, whatever their lengths
+        async with started(settings, tiny_artifact, metrics) as service:
+            await service.predict([TEXTS[3], "zzzz qqqq great"])
 
     asyncio.run(run())
     value = metrics.registry.get_sample_value
@@ -188,24 +193,24 @@ def test_thread_plan_resolves_auto_settings(device: str, workers: int, threads: 
     assert plan_threads(torch.device(device), workers, threads, cores) == expected
 
 
-def test_two_workers_give_the_same_results_as_one(tiny_artifact: Artifact) -> None:
+def test_two_workers_give_the_same_results_as_one(make_settings: Callable[..., Settings], tiny_artifact: Artifact) -> None:
     async def run(workers: int) -> list[float]:
-        runner = Runner(tiny_artifact, max_batch_size=4, threads=ThreadPlan(workers, 1))
-        await runner.start()
-        results = await asyncio.gather(*(runner.predict([t]) for t in TEXTS * 3))
-        await runner.close()
-        return [r[0].p_positive for r in results]
+        async with started(make_settings(max_batch_size=4, model_workers=workers), tiny_artifact) as service:
+            results = await asyncio.gather(*(service.predict([t]) for t in TEXTS * 3))
+        return [r.predictions[0].p_positive for r in results]
 
     assert asyncio.run(run(2)) == pytest.approx(asyncio.run(run(1)), abs=1e-5)
 
 
-@pytest.mark.parametrize(("configured", "expected"), [(0, runner_module.AUTO_MIN_BATCH_SIZE), (3, 3)])
+@pytest.mark.parametrize(("configured", "expected"), [(0, AUTO_MIN_BATCH_SIZE), (3, 3)])
 def test_min_batch_size_is_auto_on_cpu_unless_set(tiny_model_path: Path, configured: int, expected: int) -> None:
-    runner = Runner.from_settings(Settings(model_path=tiny_model_path, device="cpu", min_batch_size=configured))
-    assert runner.batcher.min_batch_size == expected
+    settings = Settings(model_path=tiny_model_path, device="cpu", min_batch_size=configured)
+    assert settings.batch_policy(workers=2).min_batch_size == expected
 
 
-def test_padding_cap_and_age_limit_come_from_the_settings(tiny_model_path: Path) -> None:
-    runner = Runner.from_settings(Settings(model_path=tiny_model_path, device="cpu", max_batch_padding=1.5, max_queue_age_ms=40))
-    assert (runner.batcher.max_padding, runner.batcher.max_age) == (1.5, 0.04)
-    assert Runner.from_settings(Settings(model_path=tiny_model_path, device="cpu", max_queue_age_ms=0)).batcher.max_age is None
+def test_the_batch_policy_comes_from_the_settings_unrenamed(tiny_model_path: Path) -> None:
+    settings = Settings(model_path=tiny_model_path, device="cpu", max_batch_padding=1.5, max_queue_age_ms=40, max_batch_tokens=999)
+    policy = settings.batch_policy(workers=3)
+    assert (policy.max_batch_padding, policy.max_queue_age_ms, policy.max_batch_tokens, policy.workers) == (1.5, 40, 999, 3)
+    for name in ("max_batch_size", "max_queue", "queue_age_factor"):
+        assert getattr(policy, name) == getattr(settings, name)

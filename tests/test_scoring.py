@@ -15,6 +15,7 @@ import pytest
 
 from contract.artifact import Artifact
 from contract.predictor import Predictor
+from contract.scored import BLANK, DEFAULT_MAX_TEXT_CHARS
 from scoring.__main__ import main
 from tests.conftest import ServeFactory
 from tests.test_predictor import mixed_texts
@@ -90,7 +91,7 @@ def test_every_row_comes_back_in_order_with_its_columns(
         assert as_float(got[i]["score"]) == pytest.approx(max(p, 1 - p), abs=1e-6)
         assert got[i]["error"] in (None, "")
     for i in BAD:
-        assert got[i]["error"] in ("empty text", "missing text") and got[i]["p_positive"] in (None, "") and got[i]["label"] in (None, "")
+        assert got[i]["error"] in (BLANK, "missing text") and got[i]["p_positive"] in (None, "") and got[i]["label"] in (None, "")
 
 
 def test_bad_rows_get_an_error_value_and_skip_bad_leaves_them_out(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -111,10 +112,31 @@ def test_bad_rows_get_an_error_value_and_skip_bad_leaves_them_out(tmp_path: Path
     assert score(tmp_path, tiny_model_path, source, tmp_path / "all.jsonl") == 0
     errors = [r["error"] for r in read(tmp_path / "all.jsonl")]
     assert errors[0] is None and errors[-1] is None
-    assert errors[1:7] == ["empty text", "empty text", "text is not a string (int)", "missing column", "missing text", errors[6]]
+    assert errors[1:7] == [BLANK, BLANK, "text is not a string (int)", "missing column", "missing text", errors[6]]
     assert errors[6].startswith("invalid JSON on line 7") and errors[7] == "line 8 is not a JSON object"
     assert score(tmp_path, tiny_model_path, source, tmp_path / "good.jsonl", "--skip-bad") == 0
     assert [r["id"] for r in read(tmp_path / "good.jsonl")] == [0, 8]
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
+def test_texts_the_service_refuses_get_its_reason_as_the_row_error(tmp_path: Path, tiny_model_path: Path, ext: str) -> None:
+    data = [{"text": t} for t in ("good film", " \t", "x" * 10, "y" * 11)]
+    source = write(tmp_path / f"in{ext}", data)
+    assert score(tmp_path, tiny_model_path, source, tmp_path / f"ten{ext}", "--max-text-chars", "10") == 0
+    got = read(tmp_path / f"ten{ext}")
+    assert [r["error"] for r in got] == [None, BLANK, None, "11 characters, at most 10 per text"]  # the service's 422 words
+    assert got[3]["label"] is None and got[3]["p_positive"] is None and got[2]["label"] in ("positive", "negative")
+    # By default the service's limit: a text one character over it is an error, a text at it is scored.
+    data = [{"text": "a" * DEFAULT_MAX_TEXT_CHARS}, {"text": "a" * (DEFAULT_MAX_TEXT_CHARS + 1)}]
+    assert score(tmp_path, tiny_model_path, write(tmp_path / f"long{ext}", data), tmp_path / f"default{ext}") == 0
+    errors = [r["error"] for r in read(tmp_path / f"default{ext}")]
+    assert errors == [None, f"{DEFAULT_MAX_TEXT_CHARS + 1} characters, at most {DEFAULT_MAX_TEXT_CHARS} per text"]
+
+
+def test_max_text_chars_must_be_positive(tmp_path: Path, tiny_model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        score(tmp_path, tiny_model_path, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--max-text-chars", "0")
+    assert exit_.value.code == 2 and "--max-text-chars: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_summary_counts_rows_and_errors(tmp_path: Path, tiny_model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -183,7 +205,7 @@ def test_stdin_to_stdout_as_jsonl(tiny_model_path: Path, tiny_artifact: Artifact
     )
     assert result.returncode == 0, result.stderr
     got = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["k"] for r in got] == [0, 1, 2, 3] and got[2]["error"] == "empty text"
+    assert [r["k"] for r in got] == [0, 1, 2, 3] and got[2]["error"] == BLANK
     expected = Predictor.from_artifact(tiny_artifact).predict([texts[0], texts[1], texts[3]])
     assert [got[i]["p_positive"] for i in (0, 1, 3)] == pytest.approx(expected, abs=1e-6)
     assert "scored 4 rows (1 errors) in " in result.stderr and "model tiny-test-model 0.0.1" in result.stderr

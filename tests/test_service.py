@@ -27,11 +27,11 @@ async def test_readiness_follows_the_lifecycle_with_a_reason(make_settings: Call
     service.begin_drain()
     assert service.draining and service.ready() == (False, SHUTTING_DOWN)
     assert drained and drained[0] - began < 0.05, "drain callbacks run at once"
-    assert service.runner.accepting, "requests are still served during the drain delay"
+    assert service.accepting, "requests are still served during the drain delay"
     await service.drain_delay_passed()
     assert time.monotonic() - began >= 0.29
     await service.stop()
-    assert not service.runner.accepting and service.ready() == (False, SHUTTING_DOWN)
+    assert not service.accepting and service.ready() == (False, SHUTTING_DOWN)
     await service.start()  # a restarted lifespan serves again
     assert service.ready() == (True, READY)
     await service.stop()
@@ -45,10 +45,10 @@ async def test_listeners_stop_after_the_delay_and_before_the_runner_closes(
     events: list[tuple[str, float, bool]] = []
 
     async def stop_grpc() -> None:
-        events.append(("stop called", time.monotonic(), service.runner.accepting))
+        events.append(("stop called", time.monotonic(), service.accepting))
         await asyncio.sleep(0.1)  # finishing its in-flight calls, which still reach the model
-        await service.runner.predict(["still served while the other server drains"])
-        events.append(("stopped", time.monotonic(), service.runner.accepting))
+        await service.predict(["still served while the other server drains"])
+        events.append(("stopped", time.monotonic(), service.accepting))
 
     service.add_listener(stop_grpc)
     began = time.monotonic()
@@ -60,7 +60,7 @@ async def test_listeners_stop_after_the_delay_and_before_the_runner_closes(
     await service.stop()
     assert [e[0] for e in events] == ["stop called", "stopped"]
     assert events[0][1] - began >= 0.19 and events[0][2] and events[1][2], "the runner was open until the listener stopped"
-    assert not service.runner.accepting
+    assert not service.accepting
 
 
 async def test_stop_without_a_signal_does_not_wait_for_the_delay(make_settings: Callable[..., Settings], tiny_artifact: Artifact) -> None:
@@ -75,9 +75,9 @@ async def test_stop_without_a_signal_does_not_wait_for_the_delay(make_settings: 
 async def test_a_model_failing_the_golden_check_is_never_ready(
     make_settings: Callable[..., Settings], tiny_artifact: Artifact, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.runner import Runner
+    from app import service as service_module
 
-    monkeypatch.setattr(Runner, "_warm_up", lambda self: False)
+    monkeypatch.setattr(service_module, "golden_check", lambda runner: False)
     service = Service(make_settings(), Metrics(), tiny_artifact)
     await service.start()
     assert service.ready() == (False, GOLDEN_FAILED)

@@ -48,7 +48,7 @@ def check_parity(eager: SentimentLSTM, scripted: torch.jit.ScriptModule, ids: Se
     reference, candidate = Predictor(eager), Predictor(scripted)
     for start in range(0, len(ids), 64):
         batch = ids[start : start + 64]
-        worst = max(worst, *(abs(a - b) for a, b in zip(reference.forward(batch), candidate.forward(batch), strict=True)))
+        worst = max(worst, *(abs(a - b) for a, b in zip(reference.predict_batch(batch), candidate.predict_batch(batch), strict=True)))
     if worst > TOLERANCE:
         raise ExportCheckError(f"scripted and eager outputs differ by {worst:.2e} > {TOLERANCE}")
     return worst
@@ -58,8 +58,8 @@ def check_parity(eager: SentimentLSTM, scripted: torch.jit.ScriptModule, ids: Se
 def check_padding_invariance(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> float:
     """Max |p(text alone) - p(text in a mixed, padded batch)| over `ids`."""
     predictor = Predictor(scripted)
-    mixed = predictor.forward(ids)  # one padded batch of mixed lengths
-    alone = [predictor.forward([row])[0] for row in ids]
+    mixed = predictor.predict_batch(ids)  # one padded batch of mixed lengths
+    alone = [predictor.predict_batch([row])[0] for row in ids]
     worst = max(abs(a - b) for a, b in zip(mixed, alone, strict=True))
     if worst > TOLERANCE:
         raise ExportCheckError(f"output depends on padding/batch-mates by {worst:.2e} > {TOLERANCE}")
@@ -76,9 +76,9 @@ def check_routes(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> 
         for start in range(0, len(ids), 16):
             batch = ids[start : start + 16]
             scripted.dense_max_padding = float("inf")
-            dense = predictor.forward(batch)
+            dense = predictor.predict_batch(batch)
             scripted.dense_max_padding = 0.0
-            worst = max(worst, *(abs(a - b) for a, b in zip(dense, predictor.forward(batch), strict=True)))
+            worst = max(worst, *(abs(a - b) for a, b in zip(dense, predictor.predict_batch(batch), strict=True)))
     finally:
         scripted.dense_max_padding = default
     if worst > TOLERANCE:
@@ -143,7 +143,7 @@ def check_against(previous: torch.jit.ScriptModule, scripted: torch.jit.ScriptMo
     for sample in (list(ids), sorted(ids, key=len)):
         for start in range(0, len(sample), 16):
             batch = sample[start : start + 16]
-            worst = max(worst, *(abs(a - b) for a, b in zip(reference.forward(batch), candidate.forward(batch), strict=True)))
+            worst = max(worst, *(abs(a - b) for a, b in zip(reference.predict_batch(batch), candidate.predict_batch(batch), strict=True)))
     if worst > TOLERANCE:
         raise ExportCheckError(f"re-exported model differs from the file it replaces by {worst:.2e} > {TOLERANCE}")
     return worst

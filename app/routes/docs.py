@@ -66,13 +66,20 @@ async def asset(name: str) -> FileResponse:
 
 
 def openapi(app: FastAPI, *, api_key: bool) -> dict[str, Any]:
-    """FastAPI's document for `app`, less the security declarations when no API key is set; built once."""
+    """FastAPI's document for `app`, less the API key's security declarations when none is set; built once.
+
+    (The admin routes' own scheme, `AdminKey`, exists only when they do.)"""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
         if not api_key:
-            schema.get("components", {}).pop("securitySchemes", None)
+            schemes = schema.get("components", {}).get("securitySchemes", {})
+            schemes.pop("HTTPBearer", None)
+            if not schemes:
+                schema.get("components", {}).pop("securitySchemes", None)
             for path in schema["paths"].values():
                 for operation in path.values():
-                    operation.pop("security", None)
+                    kept = [s for s in operation.pop("security", []) if "HTTPBearer" not in s]
+                    if kept:
+                        operation["security"] = kept
         app.openapi_schema = schema
     return app.openapi_schema

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends
-
-from app.dependencies import get_runner
-from app.runner import Runner
+from app.dependencies import service_of
 from app.schemas import ModelInfo
 
 router = APIRouter(tags=["model"])
 
 
 @router.get("/model", response_model=ModelInfo)
-async def model_info(runner: Annotated[Runner, Depends(get_runner)]) -> ModelInfo:
+async def model_info(request: Request) -> ModelInfo:
+    runner = service_of(request).model
     manifest = runner.artifact.manifest
     return ModelInfo(
         name=manifest.name,
@@ -32,4 +30,5 @@ async def model_info(runner: Annotated[Runner, Depends(get_runner)]) -> ModelInf
         git_commit=manifest.git_commit,
         metrics=manifest.metrics,
         holdout=manifest.holdout,
+        loaded_at=runner.loaded_at,
     )

@@ -1,7 +1,7 @@
 """Open Inference Protocol v2 (KServe / Triton REST): server and model metadata, health, infer.
 
-The model's tensors and input checks are app/model_io.py's (shared with
-gRPC). Infer takes JSON with or without a Content-Type (tritonclient sends
+The model's tensors and input checks are app/oip_tensors.py's (shared with
+gRPC); the key, deadline and limits are the service's, as for every protocol. Infer takes JSON with or without a Content-Type (tritonclient sends
 none), or Triton's binary tensor data extension (app/binary_tensors.py): a body
 with an `Inference-Header-Content-Length` header is decoded into the same JSON
 request before FastAPI validates it (`InferRoute`), so both encodings meet one
@@ -14,18 +14,19 @@ format under /v2).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from app import binary_tensors, model_io
-from app.dependencies import Inference, get_runner, inference, require_ready
+from app import binary_tensors, oip_tensors
+from app.dependencies import Context, ServiceDep, require_ready, service_of
 from app.errors import documented
-from app.model_io import INPUT, OUTPUT, PLATFORM, SERVER_NAME
-from app.runner import Runner
+from app.middleware import answered_by
+from app.oip_tensors import INPUT, OUTPUT, PLATFORM, SERVER_NAME
+from app.request_context import RequestContext
 from app.schemas import (
     InferOutput,
     InferRequest,
@@ -37,6 +38,7 @@ from app.schemas import (
     ServerMetadata,
     ServerReady,
 )
+from app.service import Service
 from app.version import package_version
 
 
@@ -104,28 +106,31 @@ async def server_ready(request: Request) -> ServerReady:
     return ServerReady(ready=True)
 
 
-def _metadata(runner: Runner, name: str, version: str | None) -> ModelMetadata:
-    manifest = model_io.model(runner, name, version).artifact.manifest
+def _metadata(service: Service, name: str, version: str | None) -> ModelMetadata:
+    manifest = oip_tensors.check_model(service.model.artifact.manifest, name, version)
     return ModelMetadata(name=manifest.name, versions=[manifest.version], platform=PLATFORM, inputs=[INPUT], outputs=[OUTPUT])
 
 
-def _ready(request: Request, runner: Runner, name: str, version: str | None) -> ModelReady:
-    model_io.model(runner, name, version)
+def _ready(request: Request, service: Service, name: str, version: str | None) -> ModelReady:
+    oip_tensors.check_model(service.model.artifact.manifest, name, version)
     require_ready(request)
     return ModelReady(name=name, ready=True)
 
 
-async def _infer(body: InferRequest, call: Inference, name: str, version: str | None) -> Response | InferResponse:
-    manifest = model_io.model(call.runner, name, version).artifact.manifest
-    texts = model_io.texts(body.inputs, call.settings)
-    model_io.check_outputs([o.name for o in body.outputs or []])
-    predictions = await call.runner.predict(texts, timeout=call.timeout)
-    values = [p.p_positive for p in predictions]
+async def _infer(request: Request, body: InferRequest, context: RequestContext, name: str, version: str | None) -> Response | InferResponse:
+    service = service_of(request)
+    oip_tensors.check_model(service.model.artifact.manifest, name, version)
+    texts = oip_tensors.texts(body.inputs)
+    oip_tensors.check_outputs([o.name for o in body.outputs or []])
+    result = await service.predict(texts, context, field=oip_tensors.FIELD)
+    values = [p.p_positive for p in result.predictions]
+    model = result.model  # the model that answered (a reload may have happened since the check above)
+    answered_by(request.scope, model.version)  # telemetry hook: the access line names it
     if not _binary_output(body):
         output = InferOutput(name=OUTPUT.name, shape=[len(texts)], datatype=OUTPUT.datatype, data=values)
-        return InferResponse(model_name=manifest.name, model_version=manifest.version, id=body.id, outputs=[output])
+        return InferResponse(model_name=model.name, model_version=model.version, id=body.id, outputs=[output])
     tensor = binary_tensors.encode_fp32(values)
-    header: dict[str, Any] = {"model_name": manifest.name, "model_version": manifest.version}
+    header: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if body.id is not None:
         header["id"] = body.id
     header["outputs"] = [
@@ -145,38 +150,36 @@ def _binary_output(body: InferRequest) -> bool:
     return default
 
 
-RunnerDep = Annotated[Runner, Depends(get_runner)]
-InferenceDep = Annotated[Inference, Depends(inference)]
 INFER = {"response_model": InferResponse, "response_model_exclude_none": True, "responses": ERRORS}
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(runner: RunnerDep, name: str) -> ModelMetadata:
-    return _metadata(runner, name, None)
+async def model_metadata(service: ServiceDep, name: str) -> ModelMetadata:
+    return _metadata(service, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
-async def model_version_metadata(runner: RunnerDep, name: str, version: str) -> ModelMetadata:
-    return _metadata(runner, name, version)
+async def model_version_metadata(service: ServiceDep, name: str, version: str) -> ModelMetadata:
+    return _metadata(service, name, version)
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_ready(request: Request, runner: RunnerDep, name: str) -> ModelReady:
-    return _ready(request, runner, name, None)
+async def model_ready(request: Request, service: ServiceDep, name: str) -> ModelReady:
+    return _ready(request, service, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=ERRORS)
-async def model_version_ready(request: Request, runner: RunnerDep, name: str, version: str) -> ModelReady:
-    return _ready(request, runner, name, version)
+async def model_version_ready(request: Request, service: ServiceDep, name: str, version: str) -> ModelReady:
+    return _ready(request, service, name, version)
 
 
 @router.post("/models/{name}/infer", **INFER)  # type: ignore[arg-type]
-async def infer(body: InferRequest, call: InferenceDep, name: str) -> Response | InferResponse:
+async def infer(request: Request, body: InferRequest, context: Context, name: str) -> Response | InferResponse:
     """P(positive) for each text of the BYTES input `text`; shares batches with /predict."""
-    return await _infer(body, call, name, None)
+    return await _infer(request, body, context, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **INFER)  # type: ignore[arg-type]
-async def infer_version(body: InferRequest, call: InferenceDep, name: str, version: str) -> Response | InferResponse:
+async def infer_version(request: Request, body: InferRequest, context: Context, name: str, version: str) -> Response | InferResponse:
     """As `infer`, for an explicit model version."""
-    return await _infer(body, call, name, version)
+    return await _infer(request, body, context, name, version)

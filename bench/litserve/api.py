@@ -20,7 +20,8 @@ import litserve as ls
 import torch
 
 from contract import artifact as artifact_io
-from contract.predictor import Predictor, label_and_score
+from contract.predictor import Predictor
+from contract.scored import label_and_score
 
 
 class SentimentAPI(ls.LitAPI):
@@ -41,7 +42,7 @@ class SentimentAPI(ls.LitAPI):
         return request["text"]
 
     def predict(self, texts: list[str]) -> list[float]:
-        probs = self.predictor.forward([e.ids for e in self.predictor.encode(texts)])
+        probs = self.predictor.predict_batch([e.ids for e in self.predictor.encode(texts)])
         self.batches += 1
         self.texts += len(texts)
         self._write_stats()

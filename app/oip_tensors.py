@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from app.config import Settings
 from app.errors import InvalidInput, NotFound
-from app.runner import Runner
-from app.schemas import INPUT_NAME, OUTPUT_NAME, TensorMetadata, check_texts, not_blank
+from app.schemas import INPUT_NAME, OUTPUT_NAME, TensorMetadata, not_blank
+from app.service import TextsField
+from contract.manifest import Manifest
 
 INPUT = TensorMetadata(name=INPUT_NAME, datatype="BYTES", shape=[-1])
 OUTPUT = TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1])
 PLATFORM = "pytorch_torchscript"
 SERVER_NAME = "sentiment-service"
+FIELD = TextsField(f"input {INPUT_NAME!r}", lambda i: f"input {INPUT_NAME!r} element {i}")  # names the texts in limit errors
 
 
 class Tensor(Protocol):
@@ -28,14 +29,13 @@ class Tensor(Protocol):
     data: list[Any]
 
 
-def model(runner: Runner, name: str, version: str | None) -> Runner:
-    """The runner if `name` (and `version`, when given) is what it serves, else NotFound."""
-    manifest = runner.artifact.manifest
+def check_model(manifest: Manifest, name: str, version: str | None) -> Manifest:
+    """`manifest` (the model serving) if `name` (and `version`, when given) names it, else NotFound."""
     if name != manifest.name:
         raise NotFound(f"unknown model {name!r}; this server serves {manifest.name!r}")
     if version is not None and version != manifest.version:
         raise NotFound(f"model {name!r} has no version {version!r}; it serves version {manifest.version!r}")
-    return runner
+    return manifest
 
 
 def flatten(data: list[Any]) -> list[Any]:
@@ -59,12 +59,15 @@ def check_outputs(names: Sequence[str]) -> None:
             raise InvalidInput(f"unknown output {name!r}; this model has {OUTPUT.name!r}")
 
 
-def texts(inputs: Sequence[Tensor], settings: Settings) -> list[str]:
-    """The texts of the one BYTES input `text`, checked (count against shape, strings, not blank, limits), else InvalidInput."""
+def texts(inputs: Sequence[Tensor]) -> list[str]:
+    """The texts of the one BYTES input `text`, checked (count against shape, strings, not blank), else InvalidInput.
+
+    The limits (texts per request, characters per text) are the service's
+    (`Service.predict`, with `FIELD` naming the texts as here)."""
     if len(inputs) != 1 or inputs[0].name != INPUT.name:
         raise InvalidInput(f"expected exactly one input named {INPUT.name!r}, got {[i.name for i in inputs]}")
     tensor = inputs[0]
-    where = f"input {INPUT.name!r}"
+    where = FIELD.name
     if tensor.datatype != INPUT.datatype:
         raise InvalidInput(f"{where} must have datatype BYTES, got {tensor.datatype!r}")
     data = flatten(tensor.data)
@@ -77,16 +80,9 @@ def texts(inputs: Sequence[Tensor], settings: Settings) -> list[str]:
         raise InvalidInput(f"{where} holds no texts")
     for i, text in enumerate(data):
         if not isinstance(text, str):
-            raise InvalidInput(f"{where} element {i} must be a string, got {type(text).__name__}")
+            raise InvalidInput(f"{FIELD.item(i)} must be a string, got {type(text).__name__}")
         try:
             not_blank(text)
         except ValueError as exc:
-            raise InvalidInput(f"{where} element {i}: {exc}") from None
-    check_texts(
-        data,
-        field=where,
-        item=lambda i: f"{where} element {i}",
-        max_items=settings.max_items_per_request,
-        max_chars=settings.max_text_chars,
-    )
+            raise InvalidInput(f"{FIELD.item(i)}: {exc}") from None
     return data
