@@ -56,6 +56,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
+# jemalloc instead of glibc malloc (issue 30: RSS creep under long overload), preloaded from one fixed path
+# whatever the architecture. `docker run -e LD_PRELOAD= ...` turns it off (then app/allocator.py tunes glibc);
+# background_thread returns freed memory to the OS when the service goes idle, not only on the next allocation.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libjemalloc2 \
+ && rm -rf /var/lib/apt/lists/* \
+ && ln -s "/usr/lib/$(uname -m)-linux-gnu/libjemalloc.so.2" /usr/local/lib/libjemalloc.so.2
+ENV LD_PRELOAD=/usr/local/lib/libjemalloc.so.2 \
+    MALLOC_CONF=background_thread:true
+
 RUN groupadd --system --gid 10001 sentiment \
  && useradd --system --uid 10001 --gid sentiment --home-dir /srv/sentiment --no-create-home --shell /usr/sbin/nologin sentiment
 

@@ -125,7 +125,34 @@ class Settings(BaseSettings):
         "with max_body_bytes it bounds memory held by bodies.",
     )
     max_connections: int = Field(
-        2048, ge=1, description="Most open connections, a backstop against connection floods (uvicorn's plain 503 beyond)."
+        2048,
+        ge=1,
+        description="Most open connections before stalled ones are reclaimed: past it, connections whose client has "
+        "been idle or sending its head or body for 1 s or more are closed (JSON 408), longest first (app/server.py).",
+    )
+    max_connections_per_client: int = Field(
+        0,
+        ge=0,
+        description="Most open connections from one client address (JSON 503 and close beyond); 0 = no cap. Keep it 0 "
+        "behind a proxy or load balancer: there every connection comes from the proxy's address.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request head must arrive within this long of its first byte (JSON 408 and close beyond): "
+        "slow-header clients (slowloris) cannot hold connections. Also gRPC's HTTP/2 handshake deadline.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body must arrive within this long of the end of its head (JSON 408 and close beyond); "
+        "a total, not a rate, so it bounds how long a trickling sender holds a connection.",
+    )
+    malloc_trim_idle_ms: int = Field(
+        0,
+        description="0 = off. After this long with no request in progress and no text queued, return freed heap to "
+        "the OS (glibc malloc_trim, off the event loop, once per idle period). No-op under jemalloc.",
+        ge=0,
     )
     shutdown_timeout_s: float = Field(
         25.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish; keep below the orchestrator's grace period."

@@ -89,6 +89,13 @@ class NotReady(ServiceError):
     headers: ClassVar[Mapping[str, str]] = {"Retry-After": RETRY_AFTER_S}
 
 
+class RequestTimeout(ServiceError):
+    """The client did not send its request (head or body) in time; the server closes the connection."""
+
+    status, type, grpc_code = 408, "request_timeout", "DEADLINE_EXCEEDED"
+    headers: ClassVar[Mapping[str, str]] = {"Connection": "close"}
+
+
 class Timeout(ServiceError):
     status, type, grpc_code = 504, "deadline_exceeded", "DEADLINE_EXCEEDED"
 

@@ -156,10 +156,20 @@ class GrpcServer:
 
     async def start(self) -> None:
         """Listen (after the service started: health reports its readiness from the first call)."""
-        limit = self.settings.max_body_bytes
+        settings = self.settings
         server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)],
-            maximum_concurrent_rpcs=self.settings.max_in_flight,
+            options=[
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                ("grpc.so_reuseport", 0),
+                # The HTTP server's client limits (app/server.py), as far as gRPC core has them: a connection must
+                # finish its HTTP/2 handshake within header_timeout_s, is closed after keep_alive_timeout_s without
+                # a call, and connections beyond max_connections are refused. Ping floods are bounded by gRPC's
+                # own defaults (grpc.http2.max_ping_strikes).
+                ("grpc.server_handshake_timeout_ms", round(settings.header_timeout_s * 1000)),
+                ("grpc.max_connection_idle_ms", round(settings.keep_alive_timeout_s * 1000)),
+                ("grpc.max_allowed_incoming_connections", settings.max_connections),
+            ],
+            maximum_concurrent_rpcs=settings.max_in_flight,
             interceptors=self.service.tracing.grpc_interceptors() if self.service.tracing is not None else None,  # telemetry hook
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.service), server)

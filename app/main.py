@@ -158,12 +158,11 @@ def cli(argv: list[str] | None = None) -> None:
         **uvicorn_logging,  # log_config and access_log
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # uvicorn takes seconds; float works
         timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
-        limit_concurrency=settings.max_connections,
         server_header=False,
     )
     service: Service = app.state.service
     signal.signal(signal.SIGHUP, lambda _sig, _frame: service.reload_soon())  # reload the model file, keep serving
-    server = Server(config, service)
+    server = Server(config, service, app.state.metrics)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import Overloaded, PayloadTooLarge, ShuttingDown, error_response, service_error_response
+from app.errors import Overloaded, PayloadTooLarge, RequestTimeout, ShuttingDown, error_response, service_error_response
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -44,7 +44,12 @@ class RequestEnvelope:
 
     The in-flight cap counts requests with a body (the work): past it they get
     the service's JSON 503 + Retry-After at once, unread, so memory held by
-    bodies stays under max_in_flight x max_body_bytes. Body-less requests
+    bodies stays under max_in_flight x max_body_bytes. Except that, when a
+    request still reading its body holds a place, the one that has been
+    reading longest gives its place to the newcomer (a JSON 408 for it):
+    bodies trickled on purpose cannot hold every place, and a body sent with
+    its head is never the oldest for long (without an attack, a newcomer at
+    the limit may so turn one client's 503 into another's 408). Body-less requests
     (health probes, metrics, docs) are never refused: an orchestrator must see
     an overloaded service as alive.
     """
@@ -63,6 +68,8 @@ class RequestEnvelope:
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # requests with a body being handled now
+        self._reading: dict[asyncio.Task[None], None] = {}  # requests reading their body, oldest first
+        self._reclaimed: set[asyncio.Task[None]] = set()  # gave their place away: no longer counted in in_flight
         self.access_log = access_log  # telemetry hook: app/logs.py's line per request (json logs + access log only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -87,18 +94,24 @@ class RequestEnvelope:
         try:
             if scope["method"] in _BODYLESS:
                 await self.app(scope, receive, send_with_id)
-            elif self.in_flight >= self.max_in_flight:
+            elif self.in_flight >= self.max_in_flight and not self._reclaim_a_place():
                 message = f"{self.in_flight} requests in flight, the limit is {self.max_in_flight}; retry later"
                 await service_error_response(scope["path"], Overloaded(message), self.metrics)(scope, receive, send_with_id)
             else:
                 self.in_flight += 1
+                task = asyncio.current_task()
                 try:
-                    body = await self._read_body(scope, receive, send_with_id, headers.get(b"content-length"))
+                    body = await self._read_body_in_place(scope, receive, send_with_id, headers.get(b"content-length"))
+                    if body is None and status == 500:  # no answer: the client left, or was timed out, before its body came
+                        status = CLIENT_CLOSED
                     if body is not None and not await self._run_while_connected(scope, body, receive, send_with_id):
                         status = CLIENT_CLOSED
                         self.metrics.rejected.labels("client_closed").inc()
                 finally:
-                    self.in_flight -= 1
+                    if task in self._reclaimed:
+                        self._reclaimed.discard(task)
+                    else:
+                        self.in_flight -= 1
         finally:
             self.metrics.in_progress.dec()
             route = scope.get("route")
@@ -109,6 +122,43 @@ class RequestEnvelope:
             self.metrics.latency.labels(*labels).observe(elapsed)
             if self.access_log is not None:  # telemetry hook (app/logs.py)
                 self.access_log(scope, template, status, elapsed)
+
+    def _reclaim_a_place(self) -> bool:
+        """Cancel the request that has been reading its body longest; True if there was one."""
+        if not self._reading:
+            return False
+        task = next(iter(self._reading))
+        del self._reading[task]
+        self._reclaimed.add(task)
+        self.in_flight -= 1
+        task.cancel()
+        return True
+
+    async def _read_body_in_place(self, scope: Scope, receive: Receive, send: Send, content_length: bytes | None) -> bytes | None:
+        """`_read_body`, which `_reclaim_a_place` may cut short: then a 408, and None."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = None
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            return await self._read_body(scope, receive, send_tracked, content_length)
+        except asyncio.CancelledError:
+            if task not in self._reclaimed:
+                raise
+            task.uncancel()
+            self.metrics.rejected.labels("slow_body").inc()
+            if not started:
+                message = "the request body was still arriving when every place in flight was taken; its place went to another request"
+                await service_error_response(scope["path"], RequestTimeout(message), self.metrics)(scope, receive, send)
+            return None
+        finally:
+            self._reading.pop(task, None)
 
     async def _run_while_connected(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
         """Answer `body`, cancelling the work if the client disconnects first; False if it was cancelled.

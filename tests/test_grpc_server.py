@@ -123,7 +123,9 @@ async def test_the_deadline_is_the_timeout_and_overload_says_when_to_retry(
         monkeypatch.setattr(queue, "reserve", full)
         with pytest.raises(grpc.aio.AioRpcError) as overloaded:
             await stub.ModelInfer(infer_request(["fine"]))
-    assert seen[0] is not None and 1.5 < seen[0] <= 2.0  # the call's deadline, less what has passed
+    # the call's deadline, less what has passed; gRPC sends the remaining time in its grpc-timeout header rounded *up*
+    # to the unit it picks, so the server may see a few ms more than the client's 2.0 s (2.008 seen on a loaded machine)
+    assert seen[0] is not None and 1.5 < seen[0] <= 2.05
     assert seen[1] is not None and 29.5 < seen[1] <= 30.0  # no deadline: the server's request_timeout_ms, less what has passed
     assert overloaded.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in overloaded.value.details()
     assert ("retry-after", "1") in tuple(overloaded.value.trailing_metadata())

@@ -100,11 +100,13 @@ class FastLane:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+        # The metrics label, as a routed request would have, also when the answer raises (the router sets its own if
+        # the lane declines).
+        scope["route"] = _FastRoute(PATH)
         response = await self.answer(scope, body)
         if response is None:
             await self.app(scope, replay(body, receive), send)
             return
-        scope["route"] = _FastRoute(PATH)  # the metrics label, as a routed request would have
         await response(scope, receive, send)
 
     async def answer(self, scope: Scope, body: bytes) -> Response | None:
