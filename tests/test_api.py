@@ -188,7 +188,7 @@ async def test_bf16_serves_near_fp32_and_says_so(
             explained = (await client.post("/predict", json={"text": texts[0], "explain": True})).json()["predictions"][0]
             metrics = (await client.get("/metrics")).text
     assert info["precision"] == "bf16" and "in bf16:" in caplog.text
-    exact = Runner(tiny_artifact)._predictor.predict(texts)
+    exact = Runner(tiny_artifact).predictor.predict(texts)
     assert tiny_artifact.precision == tiny_artifact.module.precision == "fp32"  # the shared artifact was not switched
     assert 0 < max(abs(a - b) for a, b in zip(served, exact, strict=True)) < 2e-2
     assert explained["p_positive"] == pytest.approx(exact[0], abs=1e-6)  # explanations run fp32

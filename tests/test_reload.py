@@ -73,6 +73,32 @@ async def test_a_reload_serves_the_new_file_and_a_bad_file_changes_nothing(
     assert 'version="0.0.1"' not in metrics.split("sentiment_model_info", 1)[1].split("# HELP", 1)[0]
 
 
+def forwards(metrics_text: str, kind: str, precision: str) -> float:
+    prefix = f'sentiment_forward_seconds_count{{kind="{kind}",precision="{precision}"}}'
+    return sum(float(line.split()[-1]) for line in metrics_text.splitlines() if line.startswith(prefix))
+
+
+@pytest.mark.anyio
+async def test_a_reload_loads_the_configured_precision_and_golden_checks_that_route(
+    serve: ServeFactory, tmp_path: Path, tiny_model_path: Path, second_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "model.pt"
+    shutil.copy(tiny_model_path, path)
+    async with serve(admin_key="adm1n", model_path=path, load=True, precision="bf16") as (client, _):
+        before = (await client.get("/metrics")).text
+        shutil.copy(second_model, path)
+        with caplog.at_level("INFO", logger="app"):
+            reloaded = await client.post("/admin/reload", headers=ADMIN)
+        after = (await client.get("/model")).json()
+        metrics = (await client.get("/metrics")).text
+    assert reloaded.status_code == 200 and (after["version"], after["precision"]) == ("0.0.2", "bf16")
+    assert "0.0.2" in caplog.text and "in bf16, was" in caplog.text
+    # Nothing ran between the two scrapes but the new model's golden check: two plain batches in bf16, one explained in fp32.
+    assert forwards(metrics, "predict", "bf16") == forwards(before, "predict", "bf16") + 2
+    assert forwards(metrics, "explain", "fp32") == forwards(before, "explain", "fp32") + 1
+    assert forwards(metrics, "predict", "fp32") == 0
+
+
 @pytest.mark.anyio
 async def test_the_old_model_is_freed_after_the_swap(serve: ServeFactory, tmp_path: Path, tiny_model_path: Path) -> None:
     import gc

@@ -101,13 +101,13 @@ def invariance(loaded: artifact.Artifact, texts: Sequence[str], batch_size: int 
     shuffled batches of `batch_size` (heavy padding: the other route), for the artifact's precision."""
     predictor = Predictor.from_artifact(loaded, max_batch_size=batch_size, max_batch_tokens=batch_size * loaded.manifest.max_length)
     ids = [e.ids for e in predictor.encode(texts)]
-    alone = torch.tensor([predictor.forward([row])[0] for row in ids])
+    alone = torch.tensor([predictor.predict_batch([row])[0] for row in ids])
     order = list(range(len(ids)))
     random.Random(seed).shuffle(order)
     shuffled = torch.zeros(len(ids))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        shuffled[rows] = torch.tensor(predictor.forward([ids[i] for i in rows]))
+        shuffled[rows] = torch.tensor(predictor.predict_batch([ids[i] for i in rows]))
     sorted_batches = torch.tensor(predictor.predict_ids(ids))
     return max(float((sorted_batches - alone).abs().max()), float((shuffled - alone).abs().max()))
 

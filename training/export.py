@@ -99,10 +99,10 @@ def check_bf16(scripted: torch.jit.ScriptModule, ids: Sequence[list[int]]) -> di
     Leaves `scripted` on fp32 (its cache emptied), as it is saved.
     """
     predictor = Predictor(scripted)
-    fp32 = [p for start in range(0, len(ids), 64) for p in predictor.forward(ids[start : start + 64])]
+    fp32 = [p for start in range(0, len(ids), 64) for p in predictor.predict_batch(ids[start : start + 64])]
     try:
         scripted.set_precision("bf16")
-        bf16 = [p for start in range(0, len(ids), 64) for p in predictor.forward(ids[start : start + 64])]
+        bf16 = [p for start in range(0, len(ids), 64) for p in predictor.predict_batch(ids[start : start + 64])]
         checks = {
             "bf16_routes_max_abs_diff": check_routes(scripted, ids, BF16_TOLERANCE),
             "bf16_padding_max_abs_diff": check_padding_invariance(scripted, ids[:48], BF16_TOLERANCE),
