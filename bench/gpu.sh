@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA path, checked and measured in one go (< 8 min on one GPU): device name, the CUDA tests, the raw
-# model (packed vs dense kernels, batch sweep) and the service vs naive on SENTIMENT_DEVICE=cuda.
+# The CUDA path, checked and measured in one go (< 9 min on one GPU): device name, the CUDA tests (the bf16
+# route's included; skipped on a GPU without native bf16), the raw model in fp32 and bf16 on the same texts
+# (packed vs dense kernels, batch sweep, bf16/fp32 ratios) and the service vs naive on SENTIMENT_DEVICE=cuda
+# (SENTIMENT_PRECISION=auto: bf16 where the GPU has it), then the service alone in fp32 to compare.
 #
 #   bash bench/gpu.sh            # from the repository root, with the project venv active
 #
@@ -24,21 +26,23 @@ if not torch.cuda.is_available():
     sys.exit(3)
 props = torch.cuda.get_device_properties(0)
 print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB, capability {props.major}.{props.minor}; "
-      f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+      f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; "
+      f"native bf16: {torch.cuda.is_bf16_supported(including_emulation=False)}")
 PY
 command -v wrk >/dev/null || { echo "bench/gpu.sh: wrk not found (apt-get install -y wrk)" >&2; exit 4; }
 
 echo "== CUDA tests"
 timeout 180 python -m pytest -q -x tests/test_cuda.py tests/test_model.py
 
-echo "== raw model on cuda: kernels (packed / dense / auto, mixed and length-sorted)"
-timeout 150 python -m bench.raw_model --device cuda --kernels --kernel-batch-sizes 1,16,64,256 --kernel-threads 1 \
-  --seconds 1 --force --out gpu_raw_kernels
+echo "== raw model on cuda: kernels (packed / dense / auto, mixed and length-sorted), fp32 and bf16"
+timeout 200 python -m bench.raw_model --device cuda --kernels --kernel-batch-sizes 1,16,64,256 --kernel-threads 1 \
+  --precision fp32,bf16 --seconds 1 --force --out gpu_raw_kernels
 
-echo "== raw model on cuda: batch sweep"
-timeout 90 python -m bench.raw_model --device cuda --batch-sizes 1,8,64,256 --streams 1 --seconds 2 --force --out gpu_raw
+echo "== raw model on cuda: batch sweep, fp32 and bf16"
+timeout 120 python -m bench.raw_model --device cuda --batch-sizes 1,8,64,256 --streams 1 --seconds 2 \
+  --precision fp32,bf16 --force --out gpu_raw
 
-echo "== service vs naive on cuda (1 model worker)"
+echo "== service vs naive on cuda (1 model worker; precision auto)"
 timeout 240 python -m bench.serve --targets service,naive --clients 1,64,256 --seconds 8 --raw-seconds 1 \
   --env SENTIMENT_DEVICE=cuda --force --out gpu_serve
 python - <<'PY'
@@ -50,4 +54,17 @@ for name, t in r["targets"].items():
         print(f"{name:>8} c={p['clients']:<4} {p['throughput']:8.1f} req/s  p50 {p['p50_ms']:7.2f}  p99 {p['p99_ms']:8.2f} ms  "
               f"batch {p.get('mean_batch_size') or 0:.1f}")
 print(json.dumps(r["ratios"]["per_clients"], indent=1))
+PY
+
+echo "== service alone on cuda in fp32, to compare with auto above"
+timeout 120 python -m bench.serve --targets service --clients 64,256 --seconds 8 --raw-seconds 1 --open-loop '' \
+  --env SENTIMENT_DEVICE=cuda SENTIMENT_PRECISION=fp32 --force --out gpu_serve_fp32
+python - <<'PY'
+import json
+
+auto, fp32 = (json.load(open(f"bench/results/{name}.json"))["targets"]["service"] for name in ("gpu_serve", "gpu_serve_fp32"))
+for p in fp32.get("points", []):
+    a = next((q for q in auto.get("points", []) if q["clients"] == p["clients"]), None)
+    ratio = f"  auto/fp32 {a['throughput'] / p['throughput']:.2f}x" if a and p["throughput"] else ""
+    print(f"service fp32 c={p['clients']:<4} {p['throughput']:8.1f} req/s  p50 {p['p50_ms']:7.2f}  p99 {p['p99_ms']:8.2f} ms{ratio}")
 PY

@@ -18,6 +18,11 @@ measures the model's two BiLSTM routes instead (training/model.py): packed, dens
 per-batch choice ("auto"), on mixed-length batches (consecutive slices of the shuffled sample, as strangers'
 texts arrive) and on length-sorted ones (consecutive slices of the sample sorted by length, what the
 service's batcher cuts when many texts wait), model only, at each torch thread count.
+
+Both modes run each precision of `--precision` (default fp32,bf16: the file's exact route and its bf16 route,
+SENTIMENT_PRECISION) on the same texts in the same run, and report bf16/fp32 ratios of the best throughputs
+(--kernels: of the best dense figure). The top-level figures (best_model, best_any, ...: what bench.serve and
+bench.score compare servers with) are those of the route SENTIMENT_PRECISION=auto serves on this device.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 
 from bench import common
 from contract import artifact as artifact_io
+from contract.device import has_native_bf16, resolve_precision
 from contract.predictor import Predictor
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -80,15 +86,15 @@ KERNELS = {"packed": 0.0, "dense": float("inf")}  # dense_max_padding forcing on
 
 
 def kernel_table(
-    module, ids: list[list[int]], batch_sizes: list[int], threads: list[int], seconds: float, device: str = "cpu"
+    module, ids: list[list[int]], batch_sizes: list[int], threads: list[int], seconds: float, device: str = "cpu", precision: str = "fp32"
 ) -> list[dict]:
-    """reviews/s of each route x batch order x batch size x torch threads, model only."""
+    """reviews/s of each route x batch order x batch size x torch threads, model only, in `module`'s precision."""
     own = getattr(module, "dense_max_padding", None)
     predictor = Predictor(module, device=device)  # pad + forward + .tolist(), as the service's workers run it
     routes = {**KERNELS, "auto": own} if own is not None else {"packed (file has one route)": None}
     by_length = sorted(ids, key=len)
     rows = []
-    print(f"\n{'route':>8} {'order':>6} {'threads':>7} | " + " ".join(f"{'b=' + str(b):>8}" for b in batch_sizes))
+    print(f"\n{'route':>8} {'prec':>4} {'order':>6} {'threads':>7} | " + " ".join(f"{'b=' + str(b):>8}" for b in batch_sizes))
     for n_threads in threads:
         torch.set_num_threads(n_threads)
         for route, limit in routes.items():
@@ -105,8 +111,11 @@ def kernel_table(
                         predictor.predict_batch(batch)
                     times = measure(predictor.predict_batch, batches, seconds)
                     cells.append({"batch_size": b, "padded_over_real": padding, **summary(times, b)})
-                rows.append({"route": route, "order": order, "threads": n_threads, "cells": cells})
-                print(f"{route:>8} {order:>6} {n_threads:>7} | " + " ".join(f"{c['reviews_per_s']:>8.1f}" for c in cells), flush=True)
+                rows.append({"route": route, "precision": precision, "order": order, "threads": n_threads, "cells": cells})
+                print(
+                    f"{route:>8} {precision:>4} {order:>6} {n_threads:>7} | " + " ".join(f"{c['reviews_per_s']:>8.1f}" for c in cells),
+                    flush=True,
+                )
     if own is not None:
         module.dense_max_padding = own
     return rows
@@ -123,6 +132,40 @@ def summary(times: list[float], batch_size: int) -> dict[str, float]:
     }
 
 
+def placed(art: artifact_io.Artifact, device: str, spec: str | None) -> dict[str, artifact_io.Artifact]:
+    """--precision -> {"fp32": ..., "bf16": ...}: the artifact in each route asked for, each route its own module.
+
+    The default (None) runs both, bf16 only where the file has the route; an explicit bf16 on a file without it is an error.
+    """
+    names = ["fp32", "bf16"] if spec is None else [name.strip() for name in spec.split(",") if name.strip()]
+    routes: dict[str, artifact_io.Artifact] = {}
+    for name in names:
+        try:
+            chosen = resolve_precision(name, torch.device(device))
+            if chosen not in routes:
+                routes[chosen] = artifact_io.place(art, device, chosen)
+        except ValueError as exc:
+            raise SystemExit(f"bench.raw_model: --precision: {exc}") from None
+        except artifact_io.ArtifactError as exc:
+            if spec is not None:
+                raise SystemExit(f"bench.raw_model: {exc}") from None
+            print(f"(bf16 skipped: {exc})")
+    return routes
+
+
+def served(routes: dict[str, artifact_io.Artifact], device: str) -> str:
+    """The route SENTIMENT_PRECISION=auto serves here, if it was run; else the first one run."""
+    auto = resolve_precision("auto", torch.device(device))
+    return auto if auto in routes else next(iter(routes))
+
+
+def ratio(results: dict[str, dict], pick) -> float | None:  # type: ignore[no-untyped-def]
+    """bf16 / fp32 of `pick(result)`, when both routes ran."""
+    if "fp32" not in results or "bf16" not in results:
+        return None
+    return pick(results["bf16"]) / pick(results["fp32"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=common.MODEL)
@@ -133,6 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--streams", type=int, default=len(os.sched_getaffinity(0)), help="parallel streams (1 = skip)")
     parser.add_argument("--stream-batch-sizes", default="8,16,32,64")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu.sh)")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="routes to run, comma-separated: fp32, bf16, auto (what SENTIMENT_PRECISION=auto picks here); "
+        "default fp32,bf16 (bf16 skipped on a file without the route)",
+    )
     parser.add_argument("--kernels", action="store_true", help="compare the model's BiLSTM routes instead (see above)")
     parser.add_argument("--kernel-batch-sizes", default="1,4,16,64")
     parser.add_argument("--kernel-threads", default="1,2")
@@ -144,31 +193,51 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     art = artifact_io.load(args.model, args.device)
-    module, encoder = art.module, art.encoder
+    routes = placed(art, args.device, args.precision)
+    main_route = served(routes, args.device)
+    encoder = art.encoder
     texts = common.imdb_test_texts(args.texts)
     ids = [encoder.encode(t).ids for t in texts]
+    native = has_native_bf16(torch.device(args.device))
     print(f"model {art.manifest.name} {art.manifest.version}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads")
     print(
         f"{len(texts)} IMDb test reviews, mean {statistics.mean(map(len, texts)):.0f} chars, "
         f"mean {statistics.mean(map(len, ids)):.0f} ids (max_length {art.manifest.max_length})"
     )
+    print(f"precision: {', '.join(routes)} (native bf16 on {args.device}: {'yes' if native else 'no'}; auto serves {main_route})")
+    about = {"precisions": list(routes), "served_precision": main_route, "native_bf16": native}
 
     if args.kernels:
-        rows = kernel_table(
-            module,
-            ids,
-            [int(x) for x in args.kernel_batch_sizes.split(",")],
-            [int(x) for x in args.kernel_threads.split(",")],
-            args.seconds,
-            args.device,
-        )
-        best = {
-            route: max(c["reviews_per_s"] for r in rows if r["route"] == route for c in r["cells"]) for route in {r["route"] for r in rows}
+        rows = []
+        for precision, placed_art in routes.items():
+            rows += kernel_table(
+                placed_art.module,
+                ids,
+                [int(x) for x in args.kernel_batch_sizes.split(",")],
+                [int(x) for x in args.kernel_threads.split(",")],
+                args.seconds,
+                args.device,
+                precision,
+            )
+        best_by = {
+            p: {
+                route: max(c["reviews_per_s"] for r in rows if (r["route"], r["precision"]) == (route, p) for c in r["cells"])
+                for route in {r["route"] for r in rows if r["precision"] == p}
+            }
+            for p in routes
         }
-        print(f"best reviews/s per route: {best}")
+        best = best_by.get("fp32", best_by[main_route])  # the routes' comparison, in the exact precision where it ran
+        for p, b in best_by.items():
+            print(f"best reviews/s per route, {p}: " + ", ".join(f"{route} {v:.1f}" for route, v in sorted(b.items())))
+        dense = ratio(best_by, lambda b: b["dense"]) if all("dense" in b for b in best_by.values()) else None
+        if dense is not None:
+            print(
+                f"best dense: fp32 {best_by['fp32']['dense']:.1f}, bf16 {best_by['bf16']['dense']:.1f} reviews/s: bf16/fp32 = {dense:.2f}x"
+            )
         result = {"machine": common.machine(), "model": {"name": art.manifest.name, "version": art.manifest.version}, "texts": len(texts)}
         result["device"] = args.device
-        result |= {"mean_ids": statistics.mean(map(len, ids)), "kernels": rows, "best": best}
+        result |= {"mean_ids": statistics.mean(map(len, ids)), "kernels": rows, "best": best, "best_by_precision": best_by}
+        result |= about | {"bf16_over_fp32_best_dense": dense}
         print(f"wrote {common.save(args.out if args.out != 'raw_model' else 'raw_kernels', result)}")
         return result
 
@@ -178,7 +247,42 @@ def main(argv: list[str] | None = None) -> dict:
         encoder.encode(t)
     encode_ms = 1000 * (time.perf_counter() - t0) / len(texts)
 
-    model_only = Predictor(module, device=args.device).predict_batch  # pad_batch + forward under inference_mode + .tolist()
+    results = {p: throughput(a, encoder, texts, ids, args) for p, a in routes.items()}
+
+    result = {
+        "machine": common.machine(),
+        "model": {"name": art.manifest.name, "version": art.manifest.version, "file_sha256": art.file_sha256},
+        "torch_threads": torch.get_num_threads(),
+        "texts": len(texts),
+        "mean_chars": statistics.mean(map(len, texts)),
+        "mean_ids": statistics.mean(map(len, ids)),
+        "encode_ms_per_review": encode_ms,
+        **results[main_route],  # rows, best_model, best_end_to_end, streams, best_any, batch1_ms of the served route
+        **about,
+        "by_precision": results,
+        "bf16_over_fp32": {
+            key: ratio(results, lambda r, key=key: r[key] if key == "best_any" else r[key]["reviews_per_s"])
+            for key in ("best_model", "best_end_to_end", "best_any")
+        },
+    }
+    print(f"\nencode (tokenize + vocab): {encode_ms:.3f} ms per review")
+    for precision, r in results.items():
+        gain = f"; batching gain {r['batching_gain']:.2f}x" if r["batching_gain"] else ""
+        m, e = r["best_model"], r["best_end_to_end"]
+        print(
+            f"best {precision}: model {m['reviews_per_s']:.1f} reviews/s (batch {m['batch_size']}), "
+            f"end to end {e['reviews_per_s']:.1f} (batch {e['batch_size']}), any {r['best_any']:.1f}{gain}"
+        )
+    if result["bf16_over_fp32"]["best_model"] is not None:
+        print("bf16/fp32: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["bf16_over_fp32"].items()))
+    print(f"wrote {common.save(args.out, result)}")
+    return result
+
+
+def throughput(art: artifact_io.Artifact, encoder, texts: list[str], ids: list[list[int]], args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
+    """The batch-size table (model only and end to end) and the parallel streams, for one precision route."""
+    precision = art.precision
+    model_only = Predictor(art.module, device=args.device).predict_batch  # pad_batch + forward under inference_mode + .tolist()
 
     def end_to_end(batch_texts: list[str]) -> list[float]:
         return model_only([encoder.encode(t).ids for t in batch_texts])
@@ -189,8 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
             model_only(ids[:b])
 
     rows = []
-    print(f"\nencode (tokenize + vocab): {encode_ms:.3f} ms per review\n")
-    print(f"{'batch':>5} | {'model ms/batch':>14} {'reviews/s':>10} | {'e2e ms/batch':>12} {'reviews/s':>10}")
+    print(f"\n{'batch':>5} {'prec':>4} | {'model ms/batch':>14} {'reviews/s':>10} | {'e2e ms/batch':>12} {'reviews/s':>10}")
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         n = len(texts) // b * b
         id_batches = [ids[i : i + b] for i in range(0, n, b)]
@@ -199,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
         e = summary(measure(end_to_end, text_batches, args.seconds), b)
         rows.append({"batch_size": b, "model": m, "end_to_end": e})
         print(
-            f"{b:>5} | {m['ms_per_batch_median']:>14.2f} {m['reviews_per_s']:>10.1f} | "
+            f"{b:>5} {precision:>4} | {m['ms_per_batch_median']:>14.2f} {m['reviews_per_s']:>10.1f} | "
             f"{e['ms_per_batch_median']:>12.2f} {e['reviews_per_s']:>10.1f}"
         )
 
@@ -208,8 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
         single_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, single_threads // args.streams))
         one = summary(measure(end_to_end, [[t] for t in texts], args.seconds), 1)  # what a lone request costs one worker
-        print(f"\nbatch 1 on one stream of {torch.get_num_threads()} thread(s): {one['ms_per_batch_median']:.2f} ms end to end")
-        print(f"{args.streams} parallel streams x {torch.get_num_threads()} torch thread(s), end to end:")
+        print(f"batch 1 on one stream of {torch.get_num_threads()} thread(s), {precision}: {one['ms_per_batch_median']:.2f} ms end to end")
+        print(f"{args.streams} parallel streams x {torch.get_num_threads()} torch thread(s), end to end, {precision}:")
         for b in [int(x) for x in args.stream_batch_sizes.split(",")]:
             n = len(texts) // b * b
             rate = parallel(end_to_end, [texts[i : i + b] for i in range(0, n, b)], args.streams, args.seconds)
@@ -220,14 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
     best_model = max(rows, key=lambda r: r["model"]["reviews_per_s"])
     best_e2e = max(rows, key=lambda r: r["end_to_end"]["reviews_per_s"])
     b1 = next((r for r in rows if r["batch_size"] == 1), None)
-    result = {
-        "machine": common.machine(),
-        "model": {"name": art.manifest.name, "version": art.manifest.version, "file_sha256": art.file_sha256},
-        "torch_threads": torch.get_num_threads(),
-        "texts": len(texts),
-        "mean_chars": statistics.mean(map(len, texts)),
-        "mean_ids": statistics.mean(map(len, ids)),
-        "encode_ms_per_review": encode_ms,
+    return {
+        "precision": precision,
         "rows": rows,
         "best_model": {"batch_size": best_model["batch_size"], "reviews_per_s": best_model["model"]["reviews_per_s"]},
         "best_end_to_end": {"batch_size": best_e2e["batch_size"], "reviews_per_s": best_e2e["end_to_end"]["reviews_per_s"]},
@@ -236,12 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
             [best_e2e["end_to_end"]["reviews_per_s"], *(r["reviews_per_s"] for r in streams)]
         ),  # the ceiling: single stream or parallel streams, end to end
         "batch1_ms": {"model": b1["model"]["ms_per_batch_median"], "end_to_end": b1["end_to_end"]["ms_per_batch_median"]} if b1 else None,
+        "batching_gain": best_e2e["end_to_end"]["reviews_per_s"] / b1["end_to_end"]["reviews_per_s"] if b1 else None,
     }
-    if b1:
-        gain = best_e2e["end_to_end"]["reviews_per_s"] / b1["end_to_end"]["reviews_per_s"]
-        print(f"\nbest: model {result['best_model']}, end-to-end {result['best_end_to_end']}; batching gain {gain:.2f}x")
-    print(f"wrote {common.save(args.out, result)}")
-    return result
 
 
 if __name__ == "__main__":

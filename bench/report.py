@@ -52,9 +52,15 @@ def raw_section(raw: dict) -> list[str]:
     lines += [
         "",
         f"Best: model only {f(raw['best_model']['reviews_per_s'])} reviews/s at batch {raw['best_model']['batch_size']}; "
-        f"with tokenization {f(raw['best_end_to_end']['reviews_per_s'])} reviews/s at batch {raw['best_end_to_end']['batch_size']}.",
+        f"with tokenization {f(raw['best_end_to_end']['reviews_per_s'])} reviews/s at batch {raw['best_end_to_end']['batch_size']}"
+        + (f" (the {raw['precision']} route, what SENTIMENT_PRECISION=auto serves there)." if raw.get("precision") else "."),
         "",
     ]
+    if (ratios := raw.get("bf16_over_fp32")) and ratios.get("best_model"):
+        lines += [
+            f"bf16 / fp32, same texts and run: model only {ratios['best_model']:.2f}×, with tokenization {ratios['best_end_to_end']:.2f}×.",
+            "",
+        ]
     streams = raw.get("streams") or {}
     if streams.get("rows"):
         lines += [
@@ -88,14 +94,20 @@ def kernels_section(k: dict) -> list[str]:
     ]
     for r in k["kernels"]:
         cells = " | ".join(f"{f(c['reviews_per_s'])} ({c['padded_over_real']:.2f})" for c in r["cells"])
-        lines.append(f"| {r['route']} | {r['order']} | {r['threads']} | {cells} |")
+        route = f"{r['route']} ({r['precision']})" if "precision" in r else r["route"]
+        lines.append(f"| {route} | {r['order']} | {r['threads']} | {cells} |")
     best = k["best"]
     if "dense" in best and "packed" in best:
         lines += [
             "",
-            f"Best of each route over every order, batch and thread count: packed {f(best['packed'])}, dense {f(best['dense'])}, "
+            f"Best of each route{' in fp32' if 'fp32' in k.get('best_by_precision', {}) else ''} over every order, batch and thread count: packed {f(best['packed'])}, dense {f(best['dense'])}, "
             f"auto {f(best.get('auto'))} reviews/s: **dense / packed = {best['dense'] / best['packed']:.2f}×**.",
         ]
+    if k.get("bf16_over_fp32_best_dense"):
+        dense = {p: b["dense"] for p, b in k["best_by_precision"].items()}
+        lines.append(
+            f"Best dense in bf16 vs fp32: {f(dense['bf16'])} vs {f(dense['fp32'])} reviews/s: **bf16 / fp32 = {k['bf16_over_fp32_best_dense']:.2f}×**."
+        )
     lines.append("")
     return lines
 

@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"wrote {common.save(args.out + '_ray', result)}")
             return result
         print("raw model (python -m bench.raw_model):", flush=True)
-        subprocess.run([sys.executable, "-m", "bench.raw_model", "--out", f"{args.out}_raw", "--force"], check=True, cwd=common.ROOT)
+        # --precision auto: the route sentiment-score's default (--precision auto) runs here
+        raw_argv = ["--precision", "auto", "--out", f"{args.out}_raw", "--force"]
+        subprocess.run([sys.executable, "-m", "bench.raw_model", *raw_argv], check=True, cwd=common.ROOT)
         raw = common.load_result(f"{args.out}_raw") or {}
         best = float(raw["best_any"])
         result["raw"] = {"best_any": best, "best_end_to_end": raw["best_end_to_end"], "streams": raw["streams"]["rows"]}

@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("== raw model (same run, same texts, same threads)")
     raw_argv = ["--model", str(args.model), "--seconds", str(args.raw_seconds), "--batch-sizes", "1,8,16,32,64,128"]
-    raw_argv += ["--out", f"{args.out}_raw"]
+    precision = next((e.split("=", 1)[1] for e in args.env if e.startswith("SENTIMENT_PRECISION=")), "auto")
+    raw_argv += ["--precision", precision, "--out", f"{args.out}_raw"]  # the route the service runs
     raw = raw_model.main([*raw_argv, "--threads", str(args.threads), "--force"])
 
     targets: dict[str, dict] = {}
