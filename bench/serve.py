@@ -229,7 +229,7 @@ def bench_target(
     return result
 
 
-def ratios(raw: dict, targets: dict[str, dict]) -> dict[str, object]:
+def ratios(raw: dict, targets: dict[str, dict], anchor: str = "litserve") -> dict[str, object]:
     def at(target: str, c: int, key: str) -> float | None:
         for p in targets.get(target, {}).get("points", []):
             if p["clients"] == c:
@@ -260,7 +260,11 @@ def ratios(raw: dict, targets: dict[str, dict]) -> dict[str, object]:
         per_c[str(c)] = row
     out["per_clients"] = per_c
     out["open_loop_p99_ms"] = {  # the same arrival rates for every target: fractions of the anchor's capacity
-        target: {p["label"]: p["p99_ms"] for p in result.get("open_loop", []) if not p["label"].endswith(" own")}
+        target: {
+            p["label"].replace(" own", f" {anchor}"): p["p99_ms"]
+            for p in result.get("open_loop", [])
+            if target == anchor or not p["label"].endswith(" own")
+        }
         for target, result in targets.items()
         if result.get("open_loop")
     }
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "targets": targets,
     }
-    result["ratios"] = ratios(raw, targets)
+    result["ratios"] = ratios(raw, targets, args.open_loop_anchor)
     print("\n== ratios")
     print(json.dumps(result["ratios"], indent=2))
     print(f"wrote {common.save(args.out, result)}")
