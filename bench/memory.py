@@ -13,14 +13,16 @@ Verdicts (issue 30): plateau = RSS after the last round <= 1.05 x RSS after roun
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 from bench import common
 
 
 def parse_config(spec: str) -> tuple[str, dict[str, str]]:
+    """`name:KEY=VALUE,KEY=VALUE`; a comma splits only before an UPPER_CASE name and '=' (MALLOC_CONF's own commas stay)."""
     name, _, pairs = spec.partition(":")
-    return name, dict(kv.split("=", 1) for kv in pairs.split(",") if kv)
+    return name, dict(kv.split("=", 1) for kv in re.split(r",(?=[A-Z_][A-Z0-9_]*=)", pairs) if kv)
 
 
 def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
