@@ -35,6 +35,7 @@ from app.tracing import ResponseTraceparent, Tracing
 from app.version import package_version
 from contract import artifact as artifact_io
 from contract.artifact import Artifact, ArtifactError
+from contract.device import cap_kernel_cache
 
 if TYPE_CHECKING:
     from app.grpc_server import GrpcServer
@@ -141,6 +142,7 @@ def cli(argv: list[str] | None = None) -> None:
         _fail(f"invalid settings: {problems}", 2)
     uvicorn_logging = logs.configure(settings)  # telemetry hook: text or json, in one place (app/logs.py)
     allocator.tune()  # before the model allocates: 2 malloc arenas (app/allocator.py)
+    cap_kernel_cache()  # before the first forward: oneDNN keeps 8 LSTM shapes, not 1,024 (contract/device.py)
     try:
         artifact = artifact_io.load(settings.model_path, resolve_device(settings.device), settings.precision)
     except (ArtifactError, DeviceUnavailable) as exc:

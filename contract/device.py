@@ -17,6 +17,14 @@ BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags o
 CPUINFO = Path("/proc/cpuinfo")
 MAX_AUTO_WORKERS = 4  # beyond this, more threads per batch rather than more batches (untested past 2 cores)
 
+# oneDNN compiles and keeps one LSTM primitive per input shape (batch x length), up to 1,024 by default. Length-
+# homogeneous batching makes thousands of shapes, so that cache was the service's RSS creep under overload: with
+# jemalloc, 323 MiB at ready -> 594 after 8 rounds of 256 clients, 564 after 30 s idle; capped at 8, 335 after idle
+# at the same throughput (`python -m bench.memory`, docs/benchmarks.md). Compiling a primitive again costs far less
+# than a batch's forward.
+KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+KERNEL_CACHE_CAPACITY = 8
+
 
 class DeviceUnavailable(Exception):
     """The configured device cannot be used (e.g. `cuda` on a machine without a GPU)."""
@@ -28,6 +36,15 @@ class ThreadPlan:
 
     workers: int
     torch_threads: int  # 0 = leave torch's default
+
+
+def cap_kernel_cache(capacity: int = KERNEL_CACHE_CAPACITY) -> str:
+    """Cap oneDNN's primitive cache unless the operator set it; -> the value in force.
+
+    oneDNN reads the variable when it builds its first primitive, so this works after `import torch` and must run
+    before the first forward (the serve and score CLIs call it before loading the model).
+    """
+    return os.environ.setdefault(KERNEL_CACHE_ENV, str(capacity))
 
 
 def available_cores() -> int:

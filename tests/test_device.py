@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,38 @@ def test_auto_on_cuda_asks_for_native_bf16(monkeypatch: pytest.MonkeyPatch, supp
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     assert resolve_precision("auto", torch.device("cuda")) == expected
     assert asked == [False]  # emulated bf16 (pre-Ampere GPUs) is slower than fp32: not picked
+
+
+def test_the_kernel_cache_cap_is_a_default_the_operator_can_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(device.KERNEL_CACHE_ENV, raising=False)
+    assert device.cap_kernel_cache() == "8" and os.environ[device.KERNEL_CACHE_ENV] == "8"
+    monkeypatch.setenv(device.KERNEL_CACHE_ENV, "64")
+    assert device.cap_kernel_cache() == "64"
+
+
+# Many LSTM shapes (batch x length), as length-homogeneous batching makes them; RSS after, in MiB. The variable is set
+# after `import torch`, as the CLIs do, so this also shows that oneDNN reads it at its first primitive, not at import.
+SHAPES = """
+import os, sys
+import torch
+os.environ.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+from contract import device
+device.cap_kernel_cache(int(sys.argv[1]))
+torch.set_num_threads(1)
+lstm = torch.nn.LSTM(64, 64, batch_first=True).eval()
+with torch.inference_mode():
+    for b in (1, 2, 3, 5):
+        for t in range(20, 300, 4):
+            lstm(torch.randn(b, t, 64))
+print(int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20)
+"""
+
+
+def test_the_cap_keeps_memory_from_growing_with_every_new_shape() -> None:
+    def rss(capacity: int) -> float:
+        env = {k: v for k, v in os.environ.items() if k != device.KERNEL_CACHE_ENV}
+        out = subprocess.run([sys.executable, "-c", SHAPES, str(capacity)], capture_output=True, text=True, check=True, env=env)
+        return float(out.stdout)
+
+    uncapped, capped = rss(1024), rss(device.KERNEL_CACHE_CAPACITY)  # 280 shapes: all cached vs the last 8
+    assert uncapped - capped > 30, (uncapped, capped)
