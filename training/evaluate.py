@@ -3,8 +3,9 @@
 Evaluation goes through `contract.artifact.load` and the artifact's own
 encoder, exactly as the service does, so the figures are those of the file.
 Besides IMDb test it reports CAD dev (originals, revisions, both members of a
-pair right) and the short-text set built from validation reviews, each with
-ECE: IMDb test alone hides how brittle a model is off its own distribution.
+pair right), the short-text set built from validation reviews, each with
+ECE, and the behavioural suite's pass rates per capability on both halves
+(`training/behaviour.py`): IMDb test alone hides how brittle a model is off its own distribution.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from contract import artifact
 from contract.predictor import Predictor
-from training import cad, data, short_texts
+from training import behaviour, cad, data, short_texts
 from training.calibrate import brier, expected_calibration_error
 from training.holdout import Holdout
 
@@ -71,9 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cad-dir", type=Path, default=None, help="folder with CAD's dev_paired.tsv (default: the usual places)")
     parser.add_argument("--limit", type=int, default=None, help="reviews per class (quick checks)")
     parser.add_argument("--no-test", action="store_true", help="skip the 25k IMDb test reviews (robustness sets only)")
+    parser.add_argument("--behaviour-only", action="store_true", help="only the behavioural suite (seconds; needs no data)")
     args = parser.parse_args(argv)
     try:
         loaded = artifact.load(args.model)
+        if args.behaviour_only:
+            rates = behaviour.pass_rates(lambda texts: predict_texts(loaded, texts))
+            print(json.dumps({"model": f"{loaded.manifest.name} {loaded.manifest.version}", "behaviour": rates}, indent=2))
+            return 0
         config = loaded.manifest.training.get("config", {})  # the split the model was trained with
         dataset = data.load(
             data.find(args.data),
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     short = short_texts.build((r.text, r.label) for r in dataset.validation)
     result.update(robustness(lambda texts: predict_texts(loaded, texts), cad_dev, short))
+    result["behaviour"] = behaviour.pass_rates(lambda texts: predict_texts(loaded, texts))
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=2))
     return 0

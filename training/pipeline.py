@@ -18,7 +18,7 @@ from contract.encoder import TextEncoder
 from contract.manifest import Manifest
 from contract.text import NORMALIZER_VERSION, tokenize
 from contract.vocab import Vocab
-from training import cache, cad, data, lm, report, short_texts, teacher, windows
+from training import behaviour, cache, cad, data, lm, report, short_texts, teacher, windows
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.embeddings import word2vec_matrix
@@ -335,6 +335,9 @@ def train(config: TrainConfig) -> Path:
             robust["short_text"].get("accuracy", float("nan")),
         )
 
+    behavioural = behaviour.pass_rates(calibrated)
+    log.info("behavioural suite, validation half: %s", {k: round(v, 4) for k, v in behavioural["validation"].items()})
+
     manifest = Manifest(
         name=config.name,
         version=config.version,
@@ -350,6 +353,7 @@ def train(config: TrainConfig) -> Path:
             "test": test,
             "validation": {"accuracy": history.val_accuracy[history.best_epoch - 1], **calibration},
             "robustness": robust,
+            "behaviour": behavioural,
         },
         training={
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},

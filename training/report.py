@@ -142,6 +142,25 @@ scores ~82–89 %), see `training/short_texts.py`.
 """
 
 
+def behaviour_section(manifest: Manifest) -> str:
+    """The behavioural suite's pass rates per capability (training/behaviour.py): validation half chose, test half reports."""
+    rates = manifest.metrics.get("behaviour")
+    if not rates:
+        return "## Behavioural suite\n\nNot measured for this file (`python -m training.evaluate --behaviour-only` computes it).\n"
+    rows = "\n".join(
+        f"| {name.replace('_', ' ')} | {rates['validation'][name]:.1%} | {rates['test'][name]:.1%} |" for name in rates["test"]
+    )
+    return f"""## Behavioural suite (one-liners; `training/behaviour.py`)
+
+Pass rates per capability: templates filled from word lists and hand-written sentences, split by template and by
+sentence into a validation half (used to choose) and a test half (reported only).
+
+| capability | validation half | test half |
+|---|---:|---:|
+{rows}
+"""
+
+
 def write(
     path: Path,
     manifest: Manifest,
@@ -309,6 +328,7 @@ and folded into the file. Output: calibrated P(positive).
 Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
 
 {robustness_section(manifest)}
+{behaviour_section(manifest)}
 
 ![learning curves](learning_curves.png) ![reliability](reliability.png) ![confusion matrix](confusion_matrix.png)
 
