@@ -61,15 +61,19 @@ def fill(template: str, limit: int = PER_TEMPLATE) -> list[str]:
 
 
 def cases() -> list[Case]:
-    """Every case of the suite, each tagged with its capability and half."""
-    out = []
+    """Every case of the suite, each tagged with its capability and half.
+
+    A text met twice (a sentence that a template also fills: "Not good.") is kept once, where it came first, so no
+    text sits in both halves.
+    """
+    out, seen = [], set()
     for capability, (_, templates, sentences) in SUITE.items():
         template_half = halves([t for t, _ in templates])
         sentence_half = halves([s for s, _ in sentences])
         for template, label in templates:
             out += [Case(text, label, capability, template_half[template], template) for text in fill(template)]
         out += [Case(text, label, capability, sentence_half[text], "sentence") for text, label in sentences]
-    return out
+    return [c for c in out if not (c.text in seen or seen.add(c.text))]
 
 
 def pass_rates(predict: Callable[[Sequence[str]], torch.Tensor], suite: Sequence[Case] | None = None) -> dict[str, dict[str, float]]:
