@@ -315,6 +315,19 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
     card_a, card_f = ((tmp_path / run / "MODEL_CARD.md").read_text() for run in "af")
     assert f"and {with_windows['windows']:,} random windows of them" in card_a and "random windows" not in card_f
 
+    # Run g: the sentence-level levers. Stage one is run a's; the pairs and sentences change stage two and are on the card.
+    levers = ["--counterfactuals", "40", "--distill-sentences", "60"]
+    assert main([*tiny, *levers, "--out", str(tmp_path / "g" / "m.pt")]) == 0
+    history_g = json.loads((tmp_path / "g" / "metrics.json").read_text())["history"]
+    assert [history_a[k][0] for k in stage_one_epoch] == [history_g[k][0] for k in stage_one_epoch]
+    loaded = artifact.load(tmp_path / "g" / "m.pt")
+    assert not all(torch.equal(weights[0][k], v) for k, v in loaded.module.state_dict().items())
+    local = loaded.manifest.training["distillation"]
+    assert 0 < local["local_counterfactuals"] <= 40 and 0 < local["local_sentences"] <= 60
+    assert "local_counterfactuals" not in with_windows  # off: today's recipe, whose weights runs b and c matched
+    assert "generated counterfactual pairs of one-liners" in (tmp_path / "g" / "MODEL_CARD.md").read_text()
+    assert "validation" in loaded.manifest.metrics["behaviour"] and "negated_negative" in loaded.manifest.metrics["behaviour"]["test"]
+
 
 def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:
     """Stage two's --distill-ema: the kept weights are the average (here ~frozen at the first step), and the

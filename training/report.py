@@ -244,6 +244,14 @@ def members_note(figures: dict[str, float]) -> str:
     return f" as the mean of {len(extra) + 1} BiLSTMs (the others alone: {', '.join(f'{a:.2%}' for a in extra)})" if extra else ""
 
 
+def local_note(figures: dict[str, float]) -> str:
+    """The sentence-level supervision of stage two (--counterfactuals, --distill-sentences), if any."""
+    pairs, sentences = int(figures.get("local_counterfactuals", 0)), int(figures.get("local_sentences", 0))
+    parts = [f"{pairs:,} generated counterfactual pairs of one-liners"] if pairs else []
+    parts += [f"{sentences:,} single sentences labelled by a negation-scope teacher"] if sentences else []
+    return f"; plus {' and '.join(parts)}" if parts else ""
+
+
 def distill_row(figures: dict[str, float]) -> str:
     """The card's distillation cell: none, or the teacher's validation accuracy against its members'."""
     if not figures:
@@ -255,6 +263,7 @@ def distill_row(figures: dict[str, float]) -> str:
         + " with soft labels from an n-gram + stage-one BiLSTM teacher "
         f"(validation: teacher {figures['val_accuracy_teacher']:.2%}, n-gram {figures['val_accuracy_ngram']:.2%}, "
         f"stage one {figures['val_accuracy_lstm']:.2%}{members_note(figures)}; teacher fitted in {figures['seconds']:.0f} s)"
+        + local_note(figures)
         + "".join(
             f"; round {r}: teacher {figures[f'round_{r}_val_accuracy_teacher']:.2%} with the round-{r - 1} student "
             f"({figures[f'round_{r}_val_accuracy_lstm']:.2%})"
