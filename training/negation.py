@@ -48,15 +48,9 @@ def clauses(text: str) -> list[list[str]]:
     """Tokens of `text` per clause: cut at punctuation and before a contrast or concessive word."""
     out: list[list[str]] = []
     for piece in _CLAUSE.split(text):
-        current: list[str] = []
-        for token in tokenize(piece):
-            if token in CONTRAST or token in CONCESSIVE:
-                if current:
-                    out.append(current)
-                current = []
-            current.append(token)
-        if current:
-            out.append(current)
+        tokens = tokenize(piece)
+        starts = [0, *(i for i, t in enumerate(tokens) if i and (t in CONTRAST or t in CONCESSIVE))]
+        out += [tokens[a:b] for a, b in zip(starts, [*starts[1:], len(tokens)], strict=True) if b > a]
     return out
 
 
