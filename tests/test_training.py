@@ -319,6 +319,28 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
     assert f"and {with_windows['windows']:,} random windows of them" in card_a and "random windows" not in card_f
 
 
+@needs_data
+@pytest.mark.slow  # two tiny runs: ~1 min
+def test_sentence_level_levers_keep_stage_one_and_reach_stage_two_the_manifest_and_the_card(tmp_path: Path) -> None:
+    """--counterfactuals / --distill-sentences act after stage one only; off (the default) leaves no trace."""
+    tiny = ["--data", str(DATA), "--cad-dir", str(DATA.parent / "cad"), "--limit", "150", "--epochs", "1", "--distill-epochs", "1"]
+    tiny += ["--w2v-epochs", "1", "--embed-dim", "16", "--hidden", "8", "--vocab-size", "2000", "--batch-size", "32", "--threads", "1"]
+    levers = ["--counterfactuals", "40", "--distill-sentences", "60"]
+    for run, extra in (("off", []), ("on", levers)):
+        assert main([*tiny, *extra, "--out", str(tmp_path / run / "m.pt")]) == 0
+    off, on = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("off", "on"))
+    stage_one_epoch = ("train_loss", "val_loss", "val_accuracy")
+    assert [off["history"][k][0] for k in stage_one_epoch] == [on["history"][k][0] for k in stage_one_epoch]
+    weights_off, weights_on = (artifact.load(tmp_path / run / "m.pt").module.state_dict() for run in ("off", "on"))
+    assert not all(torch.equal(weights_off[k], weights_on[k]) for k in weights_off)
+    local = on["training"]["distillation"]
+    assert 0 < local["local_counterfactuals"] <= 40 and 0 < local["local_sentences"] <= 60
+    assert not any(k.startswith("local_") for k in off["training"]["distillation"])
+    assert "generated counterfactual pairs of one-liners" in (tmp_path / "on" / "MODEL_CARD.md").read_text()
+    assert "negated_negative" in on["metrics"]["behaviour"]["test"]
+    assert "| negated negative |" in (tmp_path / "on" / "MODEL_CARD.md").read_text()
+
+
 def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:
     """Stage two's --distill-ema: the kept weights are the average (here ~frozen at the first step), and the
     validation loss in the history is that of the weights returned, not of the raw ones the optimiser moved."""

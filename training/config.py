@@ -64,6 +64,11 @@ class TrainConfig:
     distill_ema: float = 0.0  # stage two validates and keeps a moving average of its weights with this decay (0 = off): Polyak averaging
     distill_windows: float = 1.0  # random windows per unlabelled review added to stage two's transfer set, each labelled by the teacher on the window itself (training/windows.py): calibrated validation NLL lower in 5 of 5 paired runs (robustness.md); +4 min
     distill_keep_cad_share: bool = True  # CAD keeps its stage-one share of stage two: revisions 86.5 -> 89.0 %, pairs 79.2 -> 82.4, val loss 0.206 -> 0.211 (robustness.md)
+    counterfactuals: int = (
+        0  # stage two: this many generated minimal-edit pairs of one-liners (training/counterfactuals.py), trained as pairs; 0 = off
+    )
+    counterfactual_pair_weight: float = 1.0  # the pairwise term's weight on those pairs (CAD's own is pair_weight)
+    distill_sentences: int = 0  # stage two: this many single sentences of unlabelled reviews, labelled by the negation-scope teacher (training/negation.py); 0 = off
     teacher_cad: bool = False  # fit the n-gram teacher on the CAD pairs too: measured, won 2 of 6 dev criteria (robustness.md)
     teacher_lstms: int = 1  # BiLSTM members of the teacher: stage one's + K-1 more stage ones (seeds +1..), logits averaged; 3: teacher +0.17 pt, student val loss 0.206 -> 0.208 (robustness.md)
     teacher_c: float = 16.0  # the n-gram teacher's inverse L2 strength: 4 / 16 gave 91.56 / 91.86 % on validation

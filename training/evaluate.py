@@ -3,8 +3,9 @@
 Evaluation goes through `contract.artifact.load` and the artifact's own
 encoder, exactly as the service does, so the figures are those of the file.
 Besides IMDb test it reports CAD dev (originals, revisions, both members of a
-pair right) and the short-text set built from validation reviews, each with
-ECE: IMDb test alone hides how brittle a model is off its own distribution.
+pair right), the short-text set built from validation reviews, each with
+ECE, and the behavioural suite's pass rates per capability on both halves
+(`training/behaviour.py`): IMDb test alone hides how brittle a model is off its own distribution.
 
 `--precision bf16` (or `auto` where it resolves to bf16) also runs every set
 through the file's bf16 route and prints its accuracy contract against fp32
@@ -29,7 +30,7 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 from contract import artifact
 from contract.device import resolve_precision
 from contract.predictor import Predictor
-from training import cad, data, short_texts
+from training import behaviour, cad, data, short_texts
 from training.calibrate import brier, expected_calibration_error
 from training.holdout import Holdout
 
@@ -149,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     routes = "fp32: the exact route only; bf16 (auto: where the CPU has it): also the bf16 route and its contract against fp32"
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help=routes)
     parser.add_argument("--invariance-texts", type=int, default=512, help="test reviews for the padding/batch-mate check (bf16)")
+    parser.add_argument("--behaviour-only", action="store_true", help="only the behavioural suite (seconds; needs no data)")
     args = parser.parse_args(argv)
     try:
         loaded = artifact.load(args.model)
+        if args.behaviour_only:
+            rates = behaviour.pass_rates(lambda texts: predict_texts(loaded, texts))
+            print(json.dumps({"model": f"{loaded.manifest.name} {loaded.manifest.version}", "behaviour": rates}, indent=2))
+            return 0
         compare = resolve_precision(args.precision, torch.device("cpu")) == "bf16"
         loaded_bf16 = artifact.place(loaded, "cpu", "bf16") if compare else None
         config = loaded.manifest.training.get("config", {})  # the split the model was trained with
@@ -180,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update({name: metrics(*fp32[name]) for name in fp32})
     result["cad_dev_pairs"] = {"both_right": float(both_right(fp32).float().mean()), "n": len(cad_dev)}
     result.setdefault("short_text", {"n": 0})
+    result["behaviour"] = behaviour.pass_rates(lambda texts: predict_texts(loaded, texts))
     ok = True
     if loaded_bf16 is not None:
         sample = [r.text for r in (dataset.test or dataset.validation)[: args.invariance_texts]]

@@ -129,6 +129,52 @@ def pair_loss(model: SentimentLSTM, batch: Sequence[PairIds], pair_weight: float
     return loss
 
 
+@dataclass(frozen=True)
+class Local:
+    """Sentence-level supervision for stage two (docs/robustness.md): what document labels cannot teach.
+
+    `sentences` (ids) carry soft targets from the negation-scope teacher; `counterfactuals` are generated minimal-edit
+    pairs. Both are short, so they are batched by exact length: no crop can cut the "not" out of a one-liner.
+    """
+
+    sentences: Sequence[list[int]] = ()
+    targets: Sequence[float] = ()  # P(positive) per sentence
+    counterfactuals: Sequence[PairIds] = ()
+    pair_weight: float = 1.0  # of the pairwise term on the counterfactual pairs
+
+    def batches(self, batch_size: int, pair_batch: int, rng: random.Random) -> list[tuple[str, list[int]]]:
+        """One epoch's ("sentence" | "counterfactual", indices) batches."""
+        sentence_keys = [(len(x),) for x in self.sentences]
+        pair_keys = [(len(p.original), len(p.revised)) for p in self.counterfactuals]
+        return [("sentence", b) for b in exact_length_batches(sentence_keys, batch_size, rng)] + [
+            ("counterfactual", b) for b in exact_length_batches(pair_keys, pair_batch, rng)
+        ]
+
+
+def exact_length_batches(keys: Sequence[tuple[int, ...]], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of indices sharing one key (their lengths): uniform lengths need no crop and stay on oneDNN's path."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    batches = []
+    for k in sorted(groups):
+        members = groups[k]
+        rng.shuffle(members)
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def counterfactual_loss(model: SentimentLSTM, batch: Sequence[PairIds], pair_weight: float, device: torch.device) -> torch.Tensor:
+    """pair_loss for generated pairs of short texts: originals and edits in two forward passes, each of one length."""
+    x, lens = pad_batch([p.original for p in batch])  # [P, T]
+    x_edit, lens_edit = pad_batch([p.revised for p in batch])  # [P, T']
+    z_original, z_revised = model.logits(x.to(device), lens.to(device)), model.logits(x_edit.to(device), lens_edit.to(device))
+    y = torch.tensor([float(p.label) for p in batch], device=device)  # [P]
+    loss = F.binary_cross_entropy_with_logits(torch.cat([z_original, z_revised]), torch.cat([y, 1 - y]))
+    return loss + pair_weight * F.softplus(-(2 * y - 1) * (z_original - z_revised)).mean()
+
+
 def imdb_loss(model: SentimentLSTM, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
     """BCE, plus with `epsilon` > 0 the BCE at the worst-case embedding perturbation (Miyato et al. 2017).
 
@@ -161,6 +207,7 @@ def fit(
     device: torch.device,
     pairs: Sequence[PairIds] = (),
     ema: float = 0.0,
+    local: Local | None = None,
 ) -> History:
     """Train in place; on return the model holds the weights of the best validation-loss epoch.
 
@@ -168,12 +215,14 @@ def fit(
     averaged SGD): validation judges the average, and the raw weights only carry the optimisation on.
 
     CAD `pairs` get batches of their own (both members together, so the pairwise term sees them),
-    shuffled among the IMDb batches: one schedule, one optimizer, not a fine-tune bolted on after.
+    shuffled among the IMDb batches: one schedule, one optimizer, not a fine-tune bolted on after. `local`
+    sentences and counterfactual pairs join the same way.
     """
     rng = random.Random(config.seed)
     lengths = [len(x) for x in train_ids]
     per_epoch_pairs = len(pair_batches(pairs, config.cad_passes, config.pair_batch, random.Random(0))) if pairs else 0
-    steps = (math.ceil(len(train_ids) / config.batch_size) + per_epoch_pairs) * config.epochs
+    per_epoch_local = len(local.batches(config.batch_size, config.pair_batch, random.Random(0))) if local else 0
+    steps = (math.ceil(len(train_ids) / config.batch_size) + per_epoch_pairs + per_epoch_local) * config.epochs
     groups = layer_groups(model)
     peaks = [config.lr / config.lr_decay ** (len(groups) - 1 - i) for i in range(len(groups))]  # head gets lr, each layer below / decay
     optimizer = torch.optim.Adam([{"params": g, "lr": lr} for g, lr in zip(groups, peaks, strict=True)], weight_decay=config.weight_decay)
@@ -193,11 +242,20 @@ def fit(
         plan = [("imdb", b) for b in bucketed(lengths, config.batch_size, rng)]
         if pairs:
             plan += [("cad", b) for b in pair_batches(pairs, config.cad_passes, config.pair_batch, rng)]
+        if local:
+            plan += local.batches(config.batch_size, config.pair_batch, rng)
+        if pairs or local:
             rng.shuffle(plan)
         bar = tqdm(plan, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for kind, batch in bar:
             if kind == "cad":
                 loss = pair_loss(model, [pairs[i] for i in batch], config.pair_weight, device)
+            elif kind == "counterfactual" and local:
+                loss = counterfactual_loss(model, [local.counterfactuals[i] for i in batch], local.pair_weight, device)
+            elif kind == "sentence" and local:
+                x, lens = pad_batch([local.sentences[i] for i in batch])  # [B, T], all of one length
+                y = torch.tensor([local.targets[i] for i in batch], dtype=torch.float32, device=device)  # [B]
+                loss = F.binary_cross_entropy_with_logits(model.logits(x.to(device), lens.to(device)), y)
             else:
                 x, lens = pad_batch(crop_to_shortest([train_ids[i] for i in batch]))  # [B, T], [B] with all lengths equal
                 y = torch.tensor([train_labels[i] for i in batch], dtype=torch.float32, device=device)  # [B]

@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,14 +19,14 @@ from contract.encoder import TextEncoder
 from contract.manifest import Manifest
 from contract.text import NORMALIZER_VERSION, tokenize
 from contract.vocab import Vocab
-from training import cache, cad, data, lm, report, short_texts, teacher, windows
+from training import behaviour, cache, cad, counterfactuals, data, lm, negation, report, short_texts, teacher, windows
 from training.calibrate import brier, expected_calibration_error, fit_temperature
 from training.config import TrainConfig
 from training.embeddings import word2vec_matrix
 from training.evaluate import metrics, robustness
 from training.export import export
 from training.holdout import Holdout
-from training.loop import History, PairIds, accuracy, fit, predict_logits
+from training.loop import History, Local, PairIds, accuracy, fit, predict_logits
 from training.model import SentimentLSTM
 
 log = logging.getLogger(__name__)
@@ -70,13 +71,15 @@ def distill(
     config: TrainConfig,
     device: torch.device,
     members: list[tuple[torch.Tensor, torch.Tensor]],
+    local: Local | None = None,
 ) -> tuple[History, dict[str, float]]:
     """Stage two: from stage one's weights, train on train (hard labels) + unlabelled (the teacher's soft labels) + CAD.
 
     train = (tokens, ids, 0/1 labels), unsup = (tokens, ids), val = (tokens, ids, labels FloatTensor[N]); `cad_train`
     are the texts of `pairs`; `members` are the other BiLSTM members' (validation [N], unlabelled [M]) logits, averaged
     with the student's. With `distill_rounds` > 1 each round's student becomes the next round's BiLSTM member
-    (the n-gram member is fitted once). Returns every stage's history in one and the teachers' figures.
+    (the n-gram member is fitted once). `local` (sentences, counterfactual pairs) joins every round's epochs.
+    Returns every stage's history in one and the teachers' figures.
     """
     (train_tokens, train_ids, train_labels), (unsup_tokens, unsup_ids), (val_tokens, val_ids, y_val) = train, unsup, val
     teacher_tokens, teacher_labels = list(train_tokens), list(train_labels)
@@ -106,9 +109,44 @@ def distill(
         figures |= {prefix + k: v for k, v in teacher_figures.items()}
         labels: list[float] = [*map(float, train_labels), *targets]
         history = history.then(
-            fit(model, train_ids + unsup_ids, labels, val_ids, y_val.tolist(), stage_two, device, pairs, config.distill_ema)
+            fit(model, train_ids + unsup_ids, labels, val_ids, y_val.tolist(), stage_two, device, pairs, config.distill_ema, local)
         )
     return history, figures
+
+
+def local_supervision(
+    dataset: data.Dataset, encode: Callable[[list[str]], list[int]], config: TrainConfig
+) -> tuple[Local | None, dict[str, float]]:
+    """Stage two's sentence-level supervision (`--counterfactuals N`, `--distill-sentences N`), or None when both are off.
+
+    The negation-scope teacher is fitted on train reviews only; counterfactuals come from sentences of train and
+    unlabelled reviews, distilled sentences from unlabelled ones. Validation, test and the holdout are never read.
+    """
+    if not (config.counterfactuals or config.distill_sentences):
+        return None, {}
+    start = time.perf_counter()
+    lexicon = negation.ScopeLexicon.fit([r.text for r in dataset.train], [r.label for r in dataset.train], seed=config.seed)
+    pairs = (
+        counterfactuals.generate([r.text for r in dataset.train + dataset.unsup], lexicon, config.counterfactuals, config.seed)
+        if config.counterfactuals
+        else []
+    )
+    taught = negation.labelled_sentences([r.text for r in dataset.unsup], lexicon, config.distill_sentences, config.seed)
+    figures: dict[str, float] = {
+        "counterfactuals": len(pairs),
+        **{f"counterfactuals_{k}": sum(p.kind == k for p in pairs) for k in counterfactuals.KINDS},
+        "sentences": len(taught),
+        "sentences_mean_target": sum(p for _, p in taught) / len(taught) if taught else float("nan"),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info("local supervision: %s", figures)
+    local = Local(
+        [encode(t) for t, _ in taught],
+        [p for _, p in taught],
+        [PairIds(encode(p.original), encode(p.edited), p.label) for p in pairs],
+        config.counterfactual_pair_weight,
+    )
+    return local, figures
 
 
 STAGE_ONE = "stage one (word2vec, LM, fit)"  # what the cache's log lines call it
@@ -130,6 +168,9 @@ AFTER_STAGE_ONE = frozenset(
         "distill_ema",
         "distill_windows",
         "distill_keep_cad_share",
+        "counterfactuals",
+        "counterfactual_pair_weight",
+        "distill_sentences",
         "teacher_cad",
         "teacher_c",
         "teacher_lstms",  # its extra members are stage ones of their own, trained after the cached one
@@ -294,10 +335,12 @@ def train(config: TrainConfig) -> Path:
             (dataset.sha256, holdout.sha256),
         )
         val = ([tokenize(r.text) for r in dataset.validation], val_ids, y_val)
+        local, local_figures = local_supervision(dataset, lambda t: vocab.encode(t, encoder.max_length, encoder.head_length).ids, config)
         history, distillation = distill(
-            model, history, (train_tokens, train_ids, train_labels), unsup, val, cad_train, pairs, config, device, members
+            model, history, (train_tokens, train_ids, train_labels), unsup, val, cad_train, pairs, config, device, members, local
         )
         distillation["windows"] = len(transfer) - len(unsup_tokens)
+        distillation |= {f"local_{k}": v for k, v in local_figures.items()}
     del unsup_tokens
     fit_seconds = time.perf_counter() - fit_start
 
@@ -335,6 +378,9 @@ def train(config: TrainConfig) -> Path:
             robust["short_text"].get("accuracy", float("nan")),
         )
 
+    behavioural = behaviour.pass_rates(calibrated)
+    log.info("behavioural suite, validation half: %s", {k: round(v, 4) for k, v in behavioural["validation"].items()})
+
     manifest = Manifest(
         name=config.name,
         version=config.version,
@@ -350,6 +396,7 @@ def train(config: TrainConfig) -> Path:
             "test": test,
             "validation": {"accuracy": history.val_accuracy[history.best_epoch - 1], **calibration},
             "robustness": robust,
+            "behaviour": behavioural,
         },
         training={
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},

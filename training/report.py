@@ -142,6 +142,25 @@ scores ~82–89 %), see `training/short_texts.py`.
 """
 
 
+def behaviour_section(manifest: Manifest) -> str:
+    """The behavioural suite's pass rates per capability (training/behaviour.py): validation half chose, test half reports."""
+    rates = manifest.metrics.get("behaviour")
+    if not rates:
+        return "## Behavioural suite\n\nNot measured for this file (`python -m training.evaluate --behaviour-only` computes it).\n"
+    rows = "\n".join(
+        f"| {name.replace('_', ' ')} | {rates['validation'][name]:.1%} | {rates['test'][name]:.1%} |" for name in rates["test"]
+    )
+    return f"""## Behavioural suite (one-liners; `training/behaviour.py`)
+
+Pass rates per capability: templates filled from word lists and hand-written sentences, split by template and by
+sentence into a validation half (used to choose) and a test half (reported only).
+
+| capability | validation half | test half |
+|---|---:|---:|
+{rows}
+"""
+
+
 def write(
     path: Path,
     manifest: Manifest,
@@ -225,6 +244,14 @@ def members_note(figures: dict[str, float]) -> str:
     return f" as the mean of {len(extra) + 1} BiLSTMs (the others alone: {', '.join(f'{a:.2%}' for a in extra)})" if extra else ""
 
 
+def local_note(figures: dict[str, float]) -> str:
+    """The sentence-level supervision of stage two (--counterfactuals, --distill-sentences), if any."""
+    pairs, sentences = int(figures.get("local_counterfactuals", 0)), int(figures.get("local_sentences", 0))
+    parts = [f"{pairs:,} generated counterfactual pairs of one-liners"] if pairs else []
+    parts += [f"{sentences:,} single sentences labelled by a negation-scope teacher"] if sentences else []
+    return f"; plus {' and '.join(parts)}" if parts else ""
+
+
 def distill_row(figures: dict[str, float]) -> str:
     """The card's distillation cell: none, or the teacher's validation accuracy against its members'."""
     if not figures:
@@ -236,6 +263,7 @@ def distill_row(figures: dict[str, float]) -> str:
         + " with soft labels from an n-gram + stage-one BiLSTM teacher "
         f"(validation: teacher {figures['val_accuracy_teacher']:.2%}, n-gram {figures['val_accuracy_ngram']:.2%}, "
         f"stage one {figures['val_accuracy_lstm']:.2%}{members_note(figures)}; teacher fitted in {figures['seconds']:.0f} s)"
+        + local_note(figures)
         + "".join(
             f"; round {r}: teacher {figures[f'round_{r}_val_accuracy_teacher']:.2%} with the round-{r - 1} student "
             f"({figures[f'round_{r}_val_accuracy_lstm']:.2%})"
@@ -320,6 +348,7 @@ and folded into the file. Output: calibrated P(positive).
 Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
 
 {robustness_section(manifest)}
+{behaviour_section(manifest)}
 
 ![learning curves](learning_curves.png) ![reliability](reliability.png) ![confusion matrix](confusion_matrix.png)
 
