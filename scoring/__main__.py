@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import logging
 import sys
@@ -92,26 +93,14 @@ def positive(value: str) -> int:
 
 
 def options_of(args: argparse.Namespace) -> Options:
-    """The run's settings with every default resolved: the chunk size by engine, the model path as the service's."""
-    return Options(
-        input=args.input,
-        out=args.out,
-        model=str(args.model or artifact_io.default_model_path()),
-        text=TextColumn(args.text_column, args.max_text_chars),
-        device=args.device,
-        precision=args.precision,
-        workers=args.workers,
-        threads=args.threads,
-        batch_size=args.batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        chunk_rows=args.chunk_rows or (DEFAULT_RAY_BATCH_ROWS if args.engine == "ray" else DEFAULT_CHUNK_ROWS),
-        skip_bad=args.skip_bad,
-        resume=args.resume,
-        quiet=args.quiet,
-        engine=args.engine,
-        ray_address=args.ray_address,
-        out_format=args.out_format,
-    )
+    """The run's settings: model path, text column and chunk size (by engine) resolved, the rest as the flags of their names give them."""
+    resolved = {
+        "model": str(args.model or artifact_io.default_model_path()),
+        "text": TextColumn(args.text_column, args.max_text_chars),
+        "chunk_rows": args.chunk_rows or (DEFAULT_RAY_BATCH_ROWS if args.engine == "ray" else DEFAULT_CHUNK_ROWS),
+    }
+    as_given = {field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if field.name not in resolved}
+    return Options(**resolved, **as_given)
 
 
 def check_column(source: Source, chunks: Iterator[list[dict[str, Any]]], column: str) -> Iterable[list[dict[str, Any]]]:

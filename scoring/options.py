@@ -15,6 +15,8 @@ from scoring.columns import TextColumn
 
 @dataclass(frozen=True)
 class Options:
+    """Each field is the value of the flag of its name (--batch-size: batch_size), but `model`, `text` and `chunk_rows`, resolved."""
+
     input: str  # a file, '-' (JSONL on stdin) or, with Ray, a directory of parts
     out: str
     model: str  # the model file's path
