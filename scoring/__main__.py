@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import logging
 import sys
@@ -27,16 +28,13 @@ from contract.scored import DEFAULT_MAX_TEXT_CHARS
 from scoring.columns import TextColumn
 from scoring.io import STDIO, InputError, InvalidRow, Source, WriteFailed, open_sink, open_source, partial_path, replaced_columns
 from scoring.local import Summary, score_chunks
+from scoring.options import Options
 from scoring.resume import Checkpoint, Job, ResumeRefused, input_identity, record_path
 from scoring.stop import Stopped, StopRequests
 
 log = logging.getLogger("sentiment-score")
 DEFAULT_CHUNK_ROWS = 4096  # rows held per chunk (x2 in flight): big enough for well length-sorted batches, small in memory
 DEFAULT_RAY_BATCH_ROWS = 1024  # rows per actor call: smaller, so that a few thousand rows still spread over the actors
-# The options that change the bytes written: which rows share a forward pass (chunk and batch limits) changes a
-# probability's last bits. Torch threads and workers do not (1 vs 2 threads: bit-equal on 400 IMDb reviews), so a
-# run may resume on a machine with other cores. "precision" counts once the option exists.
-OUTPUT_SETTINGS = ("text_column", "max_text_chars", "skip_bad", "chunk_rows", "batch_size", "max_batch_tokens", "precision")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,8 +92,15 @@ def positive(value: str) -> int:
     return number
 
 
-def text_column(args: argparse.Namespace) -> TextColumn:
-    return TextColumn(args.text_column, args.max_text_chars)
+def options_of(args: argparse.Namespace) -> Options:
+    """The run's settings: model path, text column and chunk size (by engine) resolved, the rest as the flags of their names give them."""
+    resolved = {
+        "model": str(args.model or artifact_io.default_model_path()),
+        "text": TextColumn(args.text_column, args.max_text_chars),
+        "chunk_rows": args.chunk_rows or (DEFAULT_RAY_BATCH_ROWS if args.engine == "ray" else DEFAULT_CHUNK_ROWS),
+    }
+    as_given = {field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if field.name not in resolved}
+    return Options(**resolved, **as_given)
 
 
 def check_column(source: Source, chunks: Iterator[list[dict[str, Any]]], column: str) -> Iterable[list[dict[str, Any]]]:
@@ -125,38 +130,37 @@ def progress_bar(total: int | None, quiet: bool, initial: int = 0) -> Any:
     return tqdm(total=total, initial=initial, unit="rows", disable=quiet, file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
 
 
-def check_resumable(args: argparse.Namespace) -> None:
+def check_resumable(options: Options) -> None:
     """--resume needs files on both ends, and the local engine; refuse before the model loads."""
-    if args.engine == "ray":
+    if options.engine == "ray":
         raise ResumeRefused(
             "--resume works with --engine local only: Ray Data retries failed tasks and restarts actors, "
             "but a job whose driver died starts over (docs/scoring.md#resuming)"
         )
-    if STDIO in (args.input, args.out):
+    if STDIO in (options.input, options.out):
         raise ResumeRefused("--resume needs an input file and an output file, not '-'")
 
 
-def job_of(args: argparse.Namespace, model_sha256: str, device: torch.device, precision: str) -> Job:
+def job_of(options: Options, model_sha256: str, device: torch.device, precision: str) -> Job:
     """What a resumed run must match; `precision` is the route chosen, so "auto" matches the route it picked, not the word."""
-    settings = {name: getattr(args, name) for name in OUTPUT_SETTINGS if hasattr(args, name)}
-    settings["precision"] = precision
+    settings = options.output_settings(precision)
     settings["device"] = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
-    return Job(input_identity(args.input), model_sha256, settings)
+    return Job(input_identity(options.input), model_sha256, settings)
 
 
-def checkpoint_for(args: argparse.Namespace, job: Job) -> Checkpoint:
+def checkpoint_for(options: Options, job: Job) -> Checkpoint:
     """Where this run starts: the recorded state of an interrupted run (--resume), else the first row."""
-    partial = partial_path(args.out)
+    partial = partial_path(options.out)
     record = record_path(partial)
-    if args.resume and partial.exists() and record.is_file():
+    if options.resume and partial.exists() and record.is_file():
         saved = Checkpoint.load(record)
         reason = job.mismatch(saved.job)
         if reason is not None:
-            raise ResumeRefused(f"cannot resume {args.out}: {reason}; run without --resume to start over")
-        log.info("resuming %s after %d rows", args.out, saved.rows_done)
+            raise ResumeRefused(f"cannot resume {options.out}: {reason}; run without --resume to start over")
+        log.info("resuming %s after %d rows", options.out, saved.rows_done)
         return saved
-    if args.resume:
-        log.info("nothing to resume for %s (no %s with its record): starting from the first row", args.out, partial)
+    if options.resume:
+        log.info("nothing to resume for %s (no %s with its record): starting from the first row", options.out, partial)
     elif partial.exists():
         log.warning("starting over: %s of an earlier run is discarded (--resume would continue it)", partial)
     return Checkpoint(job)
@@ -176,16 +180,18 @@ def skip_rows(chunks: Iterable[list[dict[str, Any]]], rows: int) -> Iterator[lis
     return rest
 
 
-def run_local(
-    args: argparse.Namespace, predictor: Predictor, labels: tuple[str, str], plan: ThreadPlan, checkpoint: Checkpoint | None
-) -> Summary:
+def run_local(options: Options, predictor: Predictor, labels: tuple[str, str], plan: ThreadPlan, checkpoint: Checkpoint | None) -> Summary:
     """Score chunk after chunk; each is written and recorded (commit) before the next, and a stop request is honoured between."""
     done = checkpoint.rows_done if checkpoint is not None else 0
     summary = Summary(resumed_after=done)
-    with StopRequests() as stop, open_source(args.input, args.chunk_rows) as source, open_sink(args.out, source, checkpoint) as sink:
-        chunks = skip_rows(check_column(source, source.chunks, args.text_column), done)
-        scored = score_chunks(chunks, predictor, labels, text_column(args), plan, skip_bad=args.skip_bad, summary=summary)
-        with progress_bar(source.total_rows, args.quiet, done) as bar, contextlib.closing(scored):
+    with (
+        StopRequests() as stop,
+        open_source(options.input, options.chunk_rows) as source,
+        open_sink(options.out, source, checkpoint) as sink,
+    ):
+        chunks = skip_rows(check_column(source, source.chunks, options.text.name), done)
+        scored = score_chunks(chunks, predictor, labels, options, plan, summary=summary)
+        with progress_bar(source.total_rows, options.quiet, done) as bar, contextlib.closing(scored):
             for chunk in scored:
                 sink.write(chunk)
                 sink.commit(done + summary.rows)
@@ -194,90 +200,76 @@ def run_local(
     return summary
 
 
-def run_ray(args: argparse.Namespace, model_path: str) -> Summary:
+def run_ray(options: Options) -> Summary:
     from scoring import ray as ray_engine
 
     ray_engine.ray_module()  # fail with the extra's name before any work
-    bar = progress_bar(None, args.quiet)
+    bar = progress_bar(None, options.quiet)
 
     def write_file(source: Source, chunks: Iterator[list[dict[str, Any]]]) -> None:
-        with open_sink(args.out, source) as sink:
+        with open_sink(options.out, source) as sink:
             for chunk in chunks:
                 sink.write(chunk)
 
     try:
-        return ray_engine.score(
-            args.input,
-            args.out,
-            model_path=model_path,
-            device=args.device,
-            actors=args.workers,
-            torch_threads=args.threads or 1,
-            text=text_column(args),
-            skip_bad=args.skip_bad,
-            batch_rows=args.chunk_rows,
-            out_format=args.out_format,
-            address=args.ray_address,
-            cores=available_cores(),
-            batching={"max_batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens},
-            progress=bar.update,
-            write_file=write_file,
-            precision=args.precision,
-        )
+        return ray_engine.score(options, cores=available_cores(), progress=bar.update, write_file=write_file)
     finally:
         bar.close()
 
 
+def local_predictor(options: Options, loaded: artifact_io.Artifact, device: torch.device, plan: ThreadPlan) -> Predictor:
+    """The model with the run's batch limits, for the local engine's worker threads."""
+    log.info(
+        "%d workers x %d torch threads, batches of <= %d texts / %d tokens",
+        plan.workers,
+        plan.torch_threads,
+        options.batch_size,
+        options.max_batch_tokens,
+    )
+    return Predictor.from_artifact(loaded, device, max_batch_size=options.batch_size, max_batch_tokens=options.max_batch_tokens)
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
-    args = parser().parse_args(argv)
-    args.chunk_rows = args.chunk_rows or (DEFAULT_RAY_BATCH_ROWS if args.engine == "ray" else DEFAULT_CHUNK_ROWS)
+    options = options_of(parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    model_path = str(args.model or artifact_io.default_model_path())
     checkpoint = None
     try:
-        if args.resume:
-            check_resumable(args)
-        if args.engine == "local":
+        if options.resume:
+            check_resumable(options)
+        if options.engine == "local":
             from scoring.io import format_of
 
-            format_of(args.input), format_of(args.out)  # an unknown extension fails before the model loads
-        device = resolve_device(args.device)
-        plan = plan_threads(device, args.workers, args.threads)
-        loaded = artifact_io.load(model_path, device, args.precision)
+            format_of(options.input), format_of(options.out)  # an unknown extension fails before the model loads
+        device = resolve_device(options.device)
+        plan = plan_threads(device, options.workers, options.threads)
+        loaded = artifact_io.load(options.model, device, options.precision)
         manifest = loaded.manifest
         log.info(
             "model %s %s (%s, sha256 %s) on %s in %s",
             manifest.name,
             manifest.version,
-            model_path,
+            options.model,
             loaded.file_sha256[:12],
             device,
             loaded.precision,
         )
-        if args.engine == "local":
-            log.info(
-                "%d workers x %d torch threads, batches of <= %d texts / %d tokens",
-                plan.workers,
-                plan.torch_threads,
-                args.batch_size,
-                args.max_batch_tokens,
-            )
-            predictor = Predictor.from_artifact(loaded, device, max_batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens)
+        if options.engine == "local":
+            predictor = local_predictor(options, loaded, device, plan)
             # A stream cannot be read again from a row on, nor appended to; a missing input gets open_source's message.
-            if STDIO not in (args.input, args.out) and Path(args.input).is_file():
-                checkpoint = checkpoint_for(args, job_of(args, loaded.file_sha256, device, loaded.precision))
-            summary = run_local(args, predictor, manifest.labels, plan, checkpoint)
+            if STDIO not in (options.input, options.out) and Path(options.input).is_file():
+                checkpoint = checkpoint_for(options, job_of(options, loaded.file_sha256, device, loaded.precision))
+            summary = run_local(options, predictor, manifest.labels, plan, checkpoint)
         else:
-            summary = run_ray(args, model_path)
+            summary = run_ray(options)
     except (InputError, ResumeRefused, artifact_io.ArtifactError, DeviceUnavailable) as exc:
         print(f"sentiment-score: error: {exc}", file=sys.stderr)
         return 2
     except WriteFailed as exc:
-        print(f"sentiment-score: error: {exc}{kept(args, checkpoint)}", file=sys.stderr)
+        print(f"sentiment-score: error: {exc}{kept(options, checkpoint)}", file=sys.stderr)
         return 2
     except Stopped as exc:
-        print(f"sentiment-score: stopped by {exc}{kept(args, checkpoint)}", file=sys.stderr)
+        print(f"sentiment-score: stopped by {exc}{kept(options, checkpoint)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sentiment-score: interrupted; no output written", file=sys.stderr)
@@ -287,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def kept(args: argparse.Namespace, checkpoint: Checkpoint | None) -> str:
+def kept(options: Options, checkpoint: Checkpoint | None) -> str:
     """What a failed or stopped run leaves, for its last line."""
-    if args.out == STDIO:
+    if options.out == STDIO:
         return "; the output on stdout is incomplete"
     if checkpoint is None:
         return "; no output file written"

@@ -21,6 +21,7 @@ from contract.device import ThreadPlan
 from contract.predictor import Pending, Predictor
 from scoring import columns as scored_columns
 from scoring.io import text_value
+from scoring.options import Options
 
 
 @dataclass
@@ -45,14 +46,13 @@ def score_chunks(
     chunks: Iterable[list[dict[str, Any]]],
     predictor: Predictor,
     labels: tuple[str, str],
-    text: scored_columns.TextColumn,
+    options: Options,
     threads: ThreadPlan,
     *,
-    skip_bad: bool = False,
     depth: int = 2,
     summary: Summary | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Scored chunks in input order: each row with the scoring columns added (bad rows: error, no prediction)."""
+    """Scored chunks in input order: each row with the scoring columns added (bad rows: error, no prediction; left out with skip_bad)."""
     summary = summary if summary is not None else Summary()
     encoder = predictor.encoder
     assert encoder is not None, "a scoring predictor needs the artifact's encoder"
@@ -66,7 +66,7 @@ def score_chunks(
         names = list(added)
         out = []
         for index, row in enumerate(chunk):
-            if skip_bad and prepared.errors[index] is not None:
+            if options.skip_bad and prepared.errors[index] is not None:
                 continue
             out.append({**row, **{name: added[name][index] for name in names}})
         summary.rows += len(chunk)
@@ -78,7 +78,7 @@ def score_chunks(
     pool = ThreadPoolExecutor(threads.workers, thread_name_prefix="model-worker", initializer=init_thread)
     try:
         for chunk in chunks:
-            prepared = scored_columns.prepare(encoder, [text_value(row, text.name) for row in chunk], text.max_chars)
+            prepared = scored_columns.prepare(encoder, [text_value(row, options.text.name) for row in chunk], options.text.max_chars)
             held.append((chunk, prepared, predictor.submit(prepared.ids, pool)))
             if len(held) >= depth:
                 yield finish(*held.popleft())

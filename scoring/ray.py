@@ -22,6 +22,7 @@ from contract.predictor import Predictor
 from scoring import columns as scored_columns
 from scoring.io import FORMATS, InputError, Source, format_of
 from scoring.local import Summary
+from scoring.options import Options
 
 RAY_EXTRA = "--engine ray needs Ray Data: pip install 'sentiment-service[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # a local Ray's object store: batches of text are small; the default takes 30 % of RAM
@@ -70,27 +71,18 @@ class Counter:
 class ScoreBatch:
     """One actor: loads the model once, then scores Arrow batches (the Ray Data callable class)."""
 
-    def __init__(
-        self,
-        model_path: str,
-        device: str,
-        torch_threads: int,
-        text: scored_columns.TextColumn,
-        skip_bad: bool,
-        counter: Any,
-        precision: str = "fp32",
-        **batching: int,
-    ) -> None:
+    def __init__(self, options: Options, model_path: str, counter: Any) -> None:
         import torch
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        resolved = resolve_device(device)
-        loaded = artifact_io.load(model_path, resolved, precision)  # "auto" resolves on the actor's own hardware
-        self.predictor = Predictor.from_artifact(loaded, resolved, **batching)
+        torch.set_num_threads(actor_threads(options))
+        resolved = resolve_device(options.device)
+        loaded = artifact_io.load(model_path, resolved, options.precision)  # "auto" resolves on the actor's own hardware
+        self.predictor = Predictor.from_artifact(
+            loaded, resolved, max_batch_size=options.batch_size, max_batch_tokens=options.max_batch_tokens
+        )
         self.labels = loaded.manifest.labels
-        self.text = text
-        self.skip_bad = skip_bad
+        self.text = options.text
+        self.skip_bad = options.skip_bad
         self.counter = counter
 
     def __call__(self, table: Any) -> Any:
@@ -153,63 +145,49 @@ def read(ray: Any, path: str, text_column: str) -> tuple[Any, str]:
     return ds, fmt
 
 
-def score(
-    source_path: str,
-    out: str,
-    *,
-    model_path: str,
-    device: str,
-    actors: int,
-    torch_threads: int,
-    text: scored_columns.TextColumn,
-    skip_bad: bool,
-    batch_rows: int,
-    out_format: str | None,
-    address: str | None,
-    cores: int,
-    batching: dict[str, int],
-    progress: Any,
-    write_file: Any,
-    precision: str = "fp32",
-) -> Summary:
+def score(options: Options, *, cores: int, progress: Any, write_file: Any) -> Summary:
     """Run the job; `write_file(source, chunks)` streams into a single output file (the local engine's writer)."""
-    ray = init(address, cores)
+    ray = init(options.ray_address, cores)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in input order
-        ds, fmt = read(ray, source_path, text.name)
+        ds, fmt = read(ray, options.input, options.text.name)
         schema = ds.schema()
-        if actors <= 0:  # all CPUs but one (for the read and write tasks), one actor per torch_threads of them
-            actors = max(1, int((ray.cluster_resources().get("CPU", 2) - 1) // max(1, torch_threads)))
         counter = ray.remote(num_cpus=0)(Counter).remote()
-        scored = ds.map_batches(
-            ScoreBatch,
-            fn_constructor_kwargs={
-                "model_path": model_for_actors(ray, model_path),
-                "device": device,
-                "torch_threads": torch_threads,
-                "text": text,
-                "skip_bad": skip_bad,
-                "counter": counter,
-                "precision": precision,
-                **batching,
-            },
-            batch_size=batch_rows,
-            batch_format="pyarrow",
-            concurrency=actors,
-            num_cpus=max(1, torch_threads) if device == "cpu" or device == "auto" else 0,
-        )
+        scored = map_actors(ray, ds, options, counter)
         summary = Summary()
-        if Path(out).suffix.lower() in FORMATS or out == "-":
-            source = Source(source_path, fmt, iter(()), list(schema.names), None, _input_schema(schema))
-            write_file(source, _chunks(scored, batch_rows, progress))
+        if Path(options.out).suffix.lower() in FORMATS or options.out == "-":
+            source = Source(options.input, fmt, iter(()), list(schema.names), None, _input_schema(schema))
+            write_file(source, _chunks(scored, options.chunk_rows, progress))
         else:
-            getattr(scored, {"csv": "write_csv", "jsonl": "write_json", "parquet": "write_parquet"}[out_format or fmt])(out)
+            writer = {"csv": "write_csv", "jsonl": "write_json", "parquet": "write_parquet"}[options.out_format or fmt]
+            getattr(scored, writer)(options.out)
         summary.rows, summary.errors = ray.get(counter.totals.remote())
-        summary.written = summary.rows - (summary.errors if skip_bad else 0)
+        summary.written = summary.rows - (summary.errors if options.skip_bad else 0)
         return summary
     finally:
         ray.shutdown()
+
+
+def actor_threads(options: Options) -> int:
+    """Torch threads per actor: --threads, else 1 (then one actor per CPU)."""
+    return options.threads or 1
+
+
+def map_actors(ray: Any, ds: Any, options: Options, counter: Any) -> Any:
+    """`ds` scored by a pool of ScoreBatch actors: --workers of them, else all CPUs but one (for the read and write tasks)."""
+    threads = actor_threads(options)
+    actors = options.workers
+    if actors <= 0:
+        actors = max(1, int((ray.cluster_resources().get("CPU", 2) - 1) // max(1, threads)))
+    return ds.map_batches(
+        ScoreBatch,
+        fn_constructor_kwargs={"options": options, "model_path": model_for_actors(ray, options.model), "counter": counter},
+        batch_size=options.chunk_rows,
+        batch_format="pyarrow",
+        concurrency=actors,
+        num_cpus=max(1, threads) if options.device == "cpu" or options.device == "auto" else 0,
+    )
 
 
 def model_for_actors(ray: Any, model_path: str) -> str:
