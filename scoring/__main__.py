@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from contract import artifact as artifact_io
-from contract.device import DeviceUnavailable, ThreadPlan, available_cores, plan_threads, resolve_device
+from contract.device import DeviceUnavailable, ThreadPlan, available_cores, cap_kernel_cache, plan_threads, resolve_device
 from contract.predictor import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, Predictor
 from contract.scored import DEFAULT_MAX_TEXT_CHARS
 from scoring.columns import TextColumn
@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     options = options_of(parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    cap_kernel_cache()  # before the first forward: sorted chunks make many batch shapes too (contract/device.py)
     checkpoint = None
     try:
         if options.resume:
