@@ -3,7 +3,7 @@
     python -m bench.torchserve.ts [--ts-venv /tmp/ts-venv]    # smoke: build, start, one request, stop
 
 TorchServe lives in its own venv (it pins nothing we need, but it must not touch the project's):
-    python3.11 -m venv /tmp/ts-venv && /tmp/ts-venv/bin/pip install torch==2.13.0 torchserve torch-model-archiver
+    python3.11 -m venv /tmp/ts-venv && /tmp/ts-venv/bin/pip install torch==2.13.0 torchserve torch-model-archiver pyyaml numpy  # torchserve 0.12 imports both without requiring them
 It needs Java 11+ (Debian: `apt-get install -y openjdk-17-jre-headless`).
 
 Configuration mirrors the service: one worker process (the service has one model thread), batchSize 64 (the
