@@ -6,8 +6,9 @@ RSS must stay bounded and the service must be healthy afterwards.
 Two bursts, open loop (arrivals do not wait for answers), real IMDb test reviews, default settings:
 A. `batch`:  requests of 16 texts at factor x capacity (in texts/s), at most 600 connections: the model queue
    (SENTIMENT_MAX_QUEUE, 1024 texts) overflows and the app answers 503 `overloaded` + Retry-After.
-B. `single`: single-text requests at factor x capacity, up to 1500 connections: more than uvicorn's
-   limit_concurrency (SENTIMENT_MAX_CONNECTIONS, 1000), so this also shows who answers beyond that limit.
+B. `single`: single-text requests at factor x capacity, up to 1500 connections: past SENTIMENT_MAX_IN_FLIGHT the
+   in-flight cap answers 503 (connections past SENTIMENT_MAX_CONNECTIONS are not refused: the server closes the
+   longest-stalled ones, app/server.py).
 Capacity (single-text requests/s ~ texts/s) from --capacity, else bench/results/serve.json, else a wrk probe.
 """
 
