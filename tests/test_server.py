@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import select
 import signal
@@ -25,10 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def restore_sigterm() -> Iterator[None]:
-    """cli() installs a SIGTERM handler; keep it out of the test process."""
+    """cli() installs a SIGTERM handler and configures the root logger (app/logs.py); keep both out of the test process.
+
+    The root handler would keep writing to this test's captured stderr, closed once it ends: a later test's log
+    line (training's, say) then prints "--- Logging error ---" into that test's own stderr."""
     previous = signal.getsignal(signal.SIGTERM)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     yield
     signal.signal(signal.SIGTERM, previous)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_a_missing_model_stops_sentiment_serve_with_one_line(tmp_path: Path) -> None:
