@@ -100,10 +100,9 @@ def point_stats(target: str, before: dict[str, float], after: dict[str, float], 
     return common.batch_stats(before, after, duration)
 
 
-def open_loop_point(url: str, texts: list[str], label: str, rate: float, seconds: float) -> dict[str, object]:
-    """Poisson arrivals at `rate` req/s for `seconds` against `url` (single-text bodies, as wrk sends)."""
+def open_loop_point(url: str, requests: list[bytes], label: str, rate: float, seconds: float) -> dict[str, object]:
+    """Poisson arrivals at `rate` req/s for `seconds` against `url`, cycling through the pre-built raw `requests`."""
     parts = urllib.parse.urlsplit(url)
-    requests = loadgen.predict_requests(texts, path=parts.path)
     run = asyncio.run(loadgen.open_loop(parts.hostname or "127.0.0.1", parts.port or 80, requests, rate, seconds, max_in_flight=2048))
     summary = run.summary()
     latency = summary["latency_200_ms"] or {}
@@ -209,10 +208,11 @@ def bench_target(
         result["points"] = points
         if args.open_loop:
             texts = [json.loads(line)["text"] for line in bodies.read_text().splitlines()]
+            requests = loadgen.predict_requests(texts, path=urllib.parse.urlsplit(url).path)  # built once, sent at every rate
             result["open_loop"] = []
             for label, rate in open_loop_rates(args, capacity(result) or 0.0, anchor_capacity):
                 drain(target, server)
-                result["open_loop"].append(open_loop_point(url, texts, label, rate, args.open_loop_seconds))
+                result["open_loop"].append(open_loop_point(url, requests, label, rate, args.open_loop_seconds))
         drain(target, server)
         time.sleep(2)
         result["rss_idle_after_mb"] = pid_rss(server.pid)
