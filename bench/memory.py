@@ -1,22 +1,32 @@
 """RSS under sustained overload, for one or more allocator settings in one run: does memory plateau, and does it return?
 
-    python -m bench.memory [--rounds 8] [--seconds 20] [--clients 256] [--idle 30] \
+    python -m bench.memory [--rounds 8] [--seconds 20] [--clients 256] [--idle 30] [--reference-round N] \
         [--config default --config 'trim:SENTIMENT_IDLE_TRIM_MS=0' --config 'jemalloc:LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2']
 
-Each --config is `name[:KEY=VALUE,KEY=VALUE...]`: environment for a fresh `sentiment-serve` (defaults otherwise).
+Each --config is `name[:KEY=VALUE,KEY=VALUE...]`: environment for a fresh `sentiment-serve` (defaults otherwise);
+the names `litserve` and `torchserve` run the peers instead, on the same artifact, as bench.serve configures them
+(2 workers x 1 torch thread, batch 64, 5 ms; venvs at /tmp/ls-venv and /tmp/ts-venv), their RSS summed over the
+process tree (launcher + workers).
 Per config: RSS at ready, then `--rounds` rounds of wrk (closed loop, `--clients` connections, single real IMDb test
-reviews) of `--seconds` each with RSS and throughput after each, then RSS after `--idle` seconds without load.
-Verdicts (issue 30): plateau = RSS after the last round <= 1.05 x RSS after round 4 (half-way); return = idle RSS
-<= 1.5 x ready. Configs run one after another in the same process, so their figures are comparable.
+reviews) of `--seconds` each, with RSS sampled every second during each round (mean and highest per round: a single
+sample swings with the batches in flight) and throughput, then RSS after `--idle` seconds without load.
+Verdicts (issue 30): plateau = mean RSS of the last round <= 1.05 x that of the reference round (default half-way:
+round 4 of 8; `--rounds 90 --reference-round 30` is "minute 30 against minute 10" with 20-s rounds); return = idle
+RSS <= 1.5 x ready. Configs run one after another in the same process, so their figures are comparable.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from bench import common
+from bench.litserve import ls
+from bench.torchserve import ts
 
 
 def parse_config(spec: str) -> tuple[str, dict[str, str]]:
@@ -25,24 +35,69 @@ def parse_config(spec: str) -> tuple[str, dict[str, str]]:
     return name, dict(kv.split("=", 1) for kv in re.split(r",(?=[A-Z_][A-Z0-9_]*=)", pairs) if kv)
 
 
-def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
+PEERS = ("litserve", "torchserve")
+
+
+def sample_rss(rss: Callable[[], float], samples: list[float], done: threading.Event) -> None:
+    """RSS every second until `done`: the mean over a round is steadier than the sample after it."""
+    while not done.wait(1.0):
+        samples.append(rss())
+
+
+def start(name: str, env: dict[str, str], args: argparse.Namespace) -> tuple[common.Server, str, Callable[[], float]]:
+    """The server under test -> (server, predict URL, its RSS in MiB now)."""
+    if name in PEERS:
+        server = (
+            ls.start(Path("/tmp/ls-venv"), args.model, batch_size=64, workers=2)
+            if name == "litserve"
+            else ts.start(Path("/tmp/ts-venv"), args.model, batch_size=64, torch_threads=1, workers=2)
+        )
+        return server, f"{server.base}{server.extra['path']}", lambda: common.tree_rss_mb(server.pid)
     server = common.start_service({"SENTIMENT_MODEL_PATH": str(args.model), **env}, name=f"memory_{name}")
-    url = f"{server.base}/predict"
+    return server, f"{server.base}/predict", lambda: common.rss_mb(server.pid)[0]
+
+
+def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
+    server, url, rss_now = start(name, env, args)
     try:
-        ready = common.rss_mb(server.pid)[0]
+        ready = rss_now()
         rounds = []
         for k in range(args.rounds):
+            samples, done = [], threading.Event()
+            sampler = threading.Thread(target=sample_rss, args=(rss_now, samples, done))
+            sampler.start()
             w = common.run_wrk(url, args.bodies, args.clients, args.seconds)
-            rss = common.rss_mb(server.pid)[0]
+            done.set()
+            sampler.join()
+            rss = rss_now()
             errors = sum(w["errors"].values())
-            rounds.append({"round": k + 1, "rss_mb": rss, "throughput": w["requests"] / (w["duration_us"] / 1e6), "errors": errors})
-            print(f"  {name:>10} round {k + 1}: RSS {rss:7.1f} MiB  {rounds[-1]['throughput']:7.1f} req/s  errors {errors}", flush=True)
+            mean = sum(samples) / len(samples) if samples else rss
+            throughput = w["requests"] / (w["duration_us"] / 1e6)
+            rounds.append(
+                {
+                    "round": k + 1,
+                    "rss_mb": rss,
+                    "rss_mean_mb": mean,
+                    "rss_max_mb": max(samples, default=rss),
+                    "throughput": throughput,
+                    "errors": errors,
+                }
+            )
+            print(
+                f"  {name:>10} round {k + 1}: RSS {rss:7.1f} MiB (mean {mean:7.1f}, max {rounds[-1]['rss_max_mb']:7.1f})  "
+                f"{throughput:7.1f} req/s  errors {errors}",
+                flush=True,
+            )
         time.sleep(args.idle)
-        idle = common.rss_mb(server.pid)[0]
-        peak = common.rss_mb(server.pid)[1]
+        idle = rss_now()
+        peak = max(common.rss_mb(server.pid)[1], max(r["rss_max_mb"] for r in rounds))  # a peer's tree: highest sample
     finally:
-        exit_code = server.stop()
-    half = rounds[len(rounds) // 2 - 1]["rss_mb"] if len(rounds) >= 2 else rounds[0]["rss_mb"]
+        if name in PEERS:
+            ts.stop(server)
+            exit_code = server.proc.returncode
+        else:
+            exit_code = server.stop()
+    reference = rounds[min(args.reference_round or max(len(rounds) // 2, 1), len(rounds)) - 1]
     result = {
         "name": name,
         "env": env,
@@ -50,13 +105,14 @@ def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[st
         "rounds": rounds,
         "rss_idle_mb": idle,
         "rss_peak_mb": peak,
-        "plateau_ratio": rounds[-1]["rss_mb"] / half,
+        "reference_round": reference["round"],
+        "plateau_ratio": rounds[-1]["rss_mean_mb"] / reference["rss_mean_mb"],
         "idle_over_ready": idle / ready,
         "mean_throughput": sum(r["throughput"] for r in rounds) / len(rounds),
         "exit_code": exit_code,
     }
     print(
-        f"  {name:>10}: ready {ready:.0f} MiB, last round / round {len(rounds) // 2} = {result['plateau_ratio']:.3f} "
+        f"  {name:>10}: ready {ready:.0f} MiB, mean RSS last round / round {reference['round']} = {result['plateau_ratio']:.3f} "
         f"({'ok' if result['plateau_ratio'] <= 1.05 else 'FAIL'}), idle after {args.idle:.0f} s {idle:.0f} MiB = "
         f"{result['idle_over_ready']:.2f}x ready ({'ok' if result['idle_over_ready'] <= 1.5 else 'FAIL'}), peak {peak:.0f} MiB, "
         f"mean {result['mean_throughput']:.1f} req/s",
@@ -72,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--reference-round", type=int, help="round the last one is compared with (default: half-way)")
     args = common.parse_bench_args(parser, argv, "memory")
     machine = common.machine()
     args.bodies = common.write_bodies(common.imdb_test_texts(), common.RESULTS / "bodies.jsonl")

@@ -1,10 +1,11 @@
 """Soak: the service at ~70 % of its capacity for a bounded time; 0 errors, 0 connections closed without a response
 (keep-alive connections are reused, never retried by the client) and RSS growth < 5 % expected.
 
-    python -m bench.soak [--seconds 600] [--load 0.7] [--capacity REQ_PER_S]
+    python -m bench.soak [--seconds 600 | --requests N] [--load 0.7] [--capacity REQ_PER_S] [--probe]
 
-Capacity (single-text requests/s) comes from --capacity, else the best service point of bench/results/serve.json,
-else a 5 s wrk probe at 64 clients. Load is open loop (Poisson arrivals, so queueing is real, not self-throttled)
+Capacity (single-text requests/s) comes from --capacity, else (unless --probe) the service's 64-client point of
+bench/results/serve.json, else a 5 s wrk probe at 64 clients of the server under test. `--requests N` sets the
+duration to N / rate (issue 30's soak: `--requests 1000000 --load 0.8 --probe`). Load is open loop (Poisson arrivals, so queueing is real, not self-throttled)
 from the asyncio client in bench/loadgen.py, with single-text requests of real IMDb test reviews.
 RSS is sampled from /proc every few seconds; growth is the mean RSS over the last 10 % of the run against the mean
 over 10-20 % (after allocator and connection warm-up; single samples swing with the batches in flight).
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--load", type=float, default=0.7, help="fraction of capacity")
     parser.add_argument("--capacity", type=float, help="single-text requests/s the service sustains")
+    parser.add_argument("--probe", action="store_true", help="measure capacity with wrk on the server under test")
+    parser.add_argument("--requests", type=int, help="run until about this many requests are sent (overrides --seconds)")
     args = common.parse_bench_args(parser, argv, "soak")
     texts = common.imdb_test_texts()
     bodies = common.write_bodies(texts, common.RESULTS / "bodies.jsonl")
@@ -91,8 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
     server = common.start_service(env, name="soak")
     try:
         rss_ready = common.rss_mb(server.pid)[0]
-        capacity = args.capacity or capacity_from_results() or probe_capacity(server, bodies)
+        capacity = args.capacity or (None if args.probe else capacity_from_results()) or probe_capacity(server, bodies)
         rate = args.load * capacity
+        if args.requests:
+            args.seconds = args.requests / rate
         print(f"capacity {capacity:.0f} req/s -> soak at {rate:.0f} req/s for {args.seconds:.0f} s (RSS at ready {rss_ready:.0f} MiB)")
         result = asyncio.run(soak(server, requests, rate, args.seconds, sample_every=max(1.0, args.seconds / 120)))
         healthy = common.http("GET", f"{server.base}/health/ready")[0] == 200
