@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: `contract`/`training` live at the repo root
 
 from contract import artifact
-from contract.vocab import pad_batch
+from contract.predictor import pad_batch
 
 TARGET_RATIO = 10.0
 

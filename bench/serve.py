@@ -38,7 +38,7 @@ from bench import common, loadgen, raw_model
 from bench.litserve import ls
 from bench.torchserve import ts
 from contract import artifact as artifact_io
-from contract.vocab import pad_batch
+from contract.predictor import pad_batch
 
 
 def expected_probs(model: Path, texts: list[str]) -> list[float]:

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from contract.device import resolve_precision
-from contract.encoder import TextEncoder
 from contract.manifest import FORMAT_VERSION, Manifest
 from contract.text import KNOWN_NORMALIZER_VERSIONS
-from contract.vocab import Vocab
+from contract.vocab import TextEncoder, Vocab
 
 MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "vocab.txt"

@@ -21,11 +21,19 @@ from dataclasses import dataclass
 import torch
 
 from contract.artifact import Artifact
-from contract.encoder import TextEncoder
-from contract.vocab import Encoded, pad_batch
+from contract.vocab import PAD_ID, Encoded, TextEncoder
 
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_TOKENS = 64 * 400  # padded tokens per forward: bounds memory per batch (the service's default)
+
+
+def pad_batch(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists with PAD_ID -> (ids LongTensor[B, T_max], lengths LongTensor[B])."""
+    lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)  # [B]
+    out = torch.full((len(batch), int(lengths.max()) if len(batch) else 0), PAD_ID, dtype=torch.long)  # [B, T]
+    for row, ids in enumerate(batch):
+        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out, lengths
 
 
 def length_sorted_batches(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""Vocabulary: token <-> id, head+tail truncation and padding.
+"""Vocabulary: token <-> id, head+tail truncation, and the encoder that binds them to the text rules.
 
 Id 0 is padding and id 1 is the unknown token in every vocabulary, so models
 can rely on `padding_idx=0` and the serving side never has to ask.
@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import torch
+from contract.text import Token, tokenize, tokenize_with_spans
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -92,10 +92,19 @@ class Vocab:
         return hashlib.sha256(self.to_text().encode()).hexdigest()
 
 
-def pad_batch(batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists with PAD_ID -> (ids LongTensor[B, T_max], lengths LongTensor[B])."""
-    lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)  # [B]
-    out = torch.full((len(batch), int(lengths.max()) if len(batch) else 0), PAD_ID, dtype=torch.long)  # [B, T]
-    for row, ids in enumerate(batch):
-        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return out, lengths
+@dataclass(frozen=True, slots=True)
+class TextEncoder:
+    """Text -> model ids with the artifact's own vocabulary and truncation: the one path both sides take."""
+
+    vocab: Vocab
+    max_length: int
+    head_length: int
+
+    def encode(self, text: str) -> Encoded:
+        return self.vocab.encode(tokenize(text), self.max_length, self.head_length)
+
+    def encode_with_spans(self, text: str) -> tuple[Encoded, list[Token]]:
+        """Like `encode`, plus the kept tokens (aligned with `ids`) with their spans in `text`."""
+        tokens = tokenize_with_spans(text)
+        encoded = self.vocab.encode([t.text for t in tokens], self.max_length, self.head_length)
+        return encoded, [tokens[i] for i in encoded.kept]

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract import scored
-from contract.encoder import TextEncoder
-from contract.vocab import Encoded
+from contract.vocab import Encoded, TextEncoder
 
 
 class _Missing:

@@ -12,7 +12,7 @@ import torch
 from contract import artifact
 from contract.artifact import ArtifactError
 from contract.manifest import Manifest
-from contract.vocab import pad_batch
+from contract.predictor import pad_batch
 from tests import tiny_model
 
 

@@ -10,8 +10,7 @@ import torch
 
 from contract import artifact as artifact_io
 from contract.device import has_native_bf16
-from contract.predictor import Predictor
-from contract.vocab import pad_batch
+from contract.predictor import Predictor, pad_batch
 from training.export import BF16_TOLERANCE
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu.sh runs these on one)")

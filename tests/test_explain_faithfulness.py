@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from contract import artifact
-from contract.vocab import pad_batch
+from contract.predictor import pad_batch
 from tests import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]

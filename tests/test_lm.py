@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from contract.vocab import Vocab, pad_batch
+from contract.predictor import pad_batch
+from contract.vocab import Vocab
 from training import lm
 from training.config import TrainConfig
-from training.loop import fit, layer_groups
+from training.loop import Examples, fit, layer_groups
 from training.model import SentimentLSTM
 
 CPU = torch.device("cpu")
@@ -91,7 +92,7 @@ def test_gradual_unfreezing_trains_only_the_head_in_epoch_one(tmp_path: Path) ->
     model = SentimentLSTM(20, cfg.embed_dim, cfg.hidden, 0.0)
     before = [[p.detach().clone() for p in group] for group in layer_groups(model)]
     ids = [[random.Random(i).randrange(2, 20) for _ in range(6)] for i in range(16)]
-    fit(model, ids, [i % 2 for i in range(16)], ids[:4], [0, 1, 0, 1], cfg, CPU)
+    fit(model, Examples(ids, [i % 2 for i in range(16)]), Examples(ids[:4], [0, 1, 0, 1]), cfg, CPU)
     after = layer_groups(model)
     assert all(torch.equal(a, b) for a, b in zip(before[0] + before[1], after[0] + after[1], strict=True))  # embedding, LSTM frozen
     assert not all(torch.equal(a, b) for a, b in zip(before[2], after[2], strict=True))  # the head moved

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from contract import artifact
-from contract.vocab import pad_batch
+from contract.predictor import pad_batch
 from training.__main__ import parse
 from training.export import BF16_TOLERANCE, check_bf16, model_from
 from training.model import POOLINGS, SentimentLSTM

@@ -79,3 +79,26 @@ def test_scope_stops_after_a_few_tokens_when_no_punctuation_ends_it() -> None:
     marked = mark("i do not know how they made this with such a terrible script")
     assert marked[3:8] == ["NOT_know", "NOT_how", "NOT_they", "NOT_made", "NOT_this"] and "terrible" in marked
     assert mark("I don't think the film was good") == ["i", "don't", "NOT_think", "NOT_the", "NOT_film", "NOT_was", "NOT_good"]
+
+
+def test_contrast_pairs_swap_two_clauses_read_oppositely_and_the_later_one_decides() -> None:
+    texts = [
+        "The cast was great and funny. And then it was good.",
+        "The plot was boring and bad. It was not great at all.",
+        "I loved the film so much. The plot was bad, boring.",
+        "What a great good film!",
+        "So the plot was bad and boring.",
+    ] * 4
+    lex = lexicon()
+    pairs = counterfactuals.contrasts(texts, lex, 6, seed=0)
+    assert len(pairs) == 6 and {p.kind for p in pairs} == {"contrast"}
+    for p in pairs:
+        cut = p.original.index("but")
+        first, later = p.original[:cut], p.original[cut + 1 :]
+        assert p.edited == [*later, "but", *first]  # the same two clauses, order swapped
+        assert (lex.logit([later]) > 0) == bool(p.label) and (lex.logit([first]) > 0) != bool(p.label)
+        assert not any(negation.is_cue(t) for t in p.original)  # a negation would make its scope the lesson
+        assert first[0] not in counterfactuals.CONNECTIVES and later[0] not in counterfactuals.CONNECTIVES
+    assert {p.label for p in pairs} == {0, 1}
+    assert pairs == counterfactuals.contrasts(texts, lex, 6, seed=0)  # seeded
+    assert counterfactuals.contrasts(["Only good things. Great, great fun."] * 5, lex, 4, seed=0) == []  # one side only

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from contract import artifact
-from contract.vocab import pad_batch
+from contract.predictor import pad_batch
 from training import data
 from training.__main__ import main, parse
 from training.calibrate import brier, expected_calibration_error, fit_temperature
@@ -322,10 +322,10 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
 @needs_data
 @pytest.mark.slow  # two tiny runs: ~1 min
 def test_sentence_level_levers_keep_stage_one_and_reach_stage_two_the_manifest_and_the_card(tmp_path: Path) -> None:
-    """--counterfactuals / --distill-sentences act after stage one only; off (the default) leaves no trace."""
+    """--counterfactuals / --contrast-pairs / --distill-sentences act after stage one only; off (the default) leaves no trace."""
     tiny = ["--data", str(DATA), "--cad-dir", str(DATA.parent / "cad"), "--limit", "150", "--epochs", "1", "--distill-epochs", "1"]
     tiny += ["--w2v-epochs", "1", "--embed-dim", "16", "--hidden", "8", "--vocab-size", "2000", "--batch-size", "32", "--threads", "1"]
-    levers = ["--counterfactuals", "40", "--distill-sentences", "60"]
+    levers = ["--counterfactuals", "40", "--distill-sentences", "60", "--contrast-pairs", "20"]
     for run, extra in (("off", []), ("on", levers)):
         assert main([*tiny, *extra, "--out", str(tmp_path / run / "m.pt")]) == 0
     off, on = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("off", "on"))
@@ -334,9 +334,10 @@ def test_sentence_level_levers_keep_stage_one_and_reach_stage_two_the_manifest_a
     weights_off, weights_on = (artifact.load(tmp_path / run / "m.pt").module.state_dict() for run in ("off", "on"))
     assert not all(torch.equal(weights_off[k], weights_on[k]) for k in weights_off)
     local = on["training"]["distillation"]
-    assert 0 < local["local_counterfactuals"] <= 40 and 0 < local["local_sentences"] <= 60
+    assert 0 < local["local_counterfactuals"] <= 40 and 0 < local["local_sentences"] <= 60 and 0 < local["local_contrasts"] <= 20
     assert not any(k.startswith("local_") for k in off["training"]["distillation"])
     assert "generated counterfactual pairs of one-liners" in (tmp_path / "on" / "MODEL_CARD.md").read_text()
+    assert '"A but B" / "B but A" pairs' in (tmp_path / "on" / "MODEL_CARD.md").read_text()
     assert "negated_negative" in on["metrics"]["behaviour"]["test"]
     assert "| negated negative |" in (tmp_path / "on" / "MODEL_CARD.md").read_text()
 
@@ -345,7 +346,7 @@ def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:
     """Stage two's --distill-ema: the kept weights are the average (here ~frozen at the first step), and the
     validation loss in the history is that of the weights returned, not of the raw ones the optimiser moved."""
     from training.config import TrainConfig
-    from training.loop import fit, predict_logits
+    from training.loop import Examples, fit, predict_logits
 
     rng = random.Random(0)
     ids = [[rng.randrange(2, 50) for _ in range(rng.randrange(5, 15))] for _ in range(96)]
@@ -357,7 +358,7 @@ def test_moving_average_is_what_validation_judges_and_the_fit_keeps() -> None:
     for decay in (0.0, 0.999999):
         model = SentimentLSTM(50, 8, 8, 0.0)
         model.load_state_dict(start.state_dict())
-        history = fit(model, ids, labels, ids[:32], labels[:32], config, torch.device("cpu"), ema=decay)
+        history = fit(model, Examples(ids, labels), Examples(ids[:32], labels[:32]), config, torch.device("cpu"), ema=decay)
         logits = predict_logits(model, ids[:32], 32, torch.device("cpu"))
         returned_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels[:32], dtype=torch.float32))
         assert float(returned_loss) == pytest.approx(history.val_loss[history.best_epoch - 1], abs=1e-6)

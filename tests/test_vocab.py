@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contract.vocab import PAD, PAD_ID, UNK, UNK_ID, Vocab, head_tail, pad_batch
+from contract.predictor import pad_batch
+from contract.vocab import PAD, PAD_ID, UNK, UNK_ID, Vocab, head_tail
 
 
 def test_build_orders_by_frequency_then_token_and_respects_min_freq() -> None:

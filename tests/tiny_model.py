@@ -14,8 +14,9 @@ from torch.nn import functional as F
 
 from contract import artifact
 from contract.manifest import Manifest
+from contract.predictor import pad_batch
 from contract.text import NORMALIZER_VERSION, tokenize
-from contract.vocab import Vocab, pad_batch
+from contract.vocab import Vocab
 from training.model import SentimentLSTM
 
 POSITIVE = ["good", "great", "wonderful", "excellent", "loved", "moving", "brilliant", "superb", "best", "enjoyed"]

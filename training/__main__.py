@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 from contract.artifact import ArtifactError
+from contract.device import DeviceUnavailable
 from training.config import TrainConfig
 from training.data import DataError
 from training.export import ExportCheckError
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = train(config)
-    except (DataError, ArtifactError, ExportCheckError) as exc:
+    except (DataError, DeviceUnavailable, ArtifactError, ExportCheckError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"model written to {out} (model card: {Path(out).parent / 'MODEL_CARD.md'})")

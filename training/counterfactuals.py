@@ -22,13 +22,18 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from training.negation import ScopeLexicon, clauses, is_cue, scope
+from training.negation import CONCESSIVE, CONTRAST, ScopeLexicon, clauses, is_cue, scope
 from training.short_texts import sentences
 
 POLAR_THRESHOLD = 0.7  # |log ratio| of a word the edit may target: ~2x as common in one class's reviews
 CLEAR = 0.65  # the teacher's P must be beyond this (or below 1 - it) for the original; the edit's must cross 0.5
 MAX_TOKENS = 25  # users' one-liners; longer sentences dilute the edit
 LOOK_BACK = 4  # tokens between a copula / auxiliary and the word it negates ("was not a very good")
+CONTRAST_CLAUSE = (3, 10)  # tokens per clause of a generated "A but B": each half reads as a one-liner of its own
+CONTRAST_CLEAR = 0.8  # the teacher's P for each clause: beyond this, since a pair is only right if both halves are
+CONNECTIVES = frozenset(
+    ["and", "or", "so", "which", "who", "that", "because", "as", "while", "if", "when", "then", "also"]
+)  # a clause opening with one leans on the previous
 
 COPULAS = frozenset(
     [
@@ -173,4 +178,38 @@ def generate(texts: Sequence[str], lexicon: ScopeLexicon, count: int, seed: int)
             out.append(Counterfactual(flat, [t for part in after for t in part], int(z > 0), kind))
             quota[kind] -= 1
             break  # one pair per review: variety over volume
+    return out[:count]
+
+
+def contrasts(texts: Sequence[str], lexicon: ScopeLexicon, count: int, seed: int) -> list[Counterfactual]:
+    """Up to `count` pairs "A but B" / "B but A" from two clauses the teacher reads clearly and oppositely.
+
+    Why: in "X, but Y" the later clause decides, which document labels never isolate; swapping the clauses is a
+    minimal edit that flips the label, so the pair teaches the order, not the words. Clauses come from sentences of
+    `texts` in a seeded order (a sentence's first clause), without a negation (its scope would make the teacher's reading
+    the thing learnt), each paired with the next clear clause of the other side. The tokenizer drops the comma, so
+    the joined text is `A but B` as tokens.
+    """
+    rng = random.Random(seed + 1)  # its own draws: turning it on does not change the other pairs
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    waiting: dict[int, list[list[str]]] = {0: [], 1: []}
+    out: list[Counterfactual] = []
+    for index in order:
+        if len(out) >= count:
+            break
+        for sentence in sentences(texts[index]):
+            clause = next((c[1:] if c[0] in CONTRAST | CONCESSIVE else c for c in clauses(sentence) if c), [])
+            if not CONTRAST_CLAUSE[0] <= len(clause) <= CONTRAST_CLAUSE[1] or clause[0] in CONNECTIVES or any(map(is_cue, clause)):
+                continue
+            z = lexicon.logit([clause])
+            if abs(z) < math.log(CONTRAST_CLEAR / (1 - CONTRAST_CLEAR)) or not any(lexicon.polar(t, 2 * POLAR_THRESHOLD) for t in clause):
+                continue
+            side = int(z > 0)
+            if waiting[1 - side]:
+                first = waiting[1 - side].pop()  # "first but clause" takes clause's side; swapped, first's
+                a, b, label = (first, clause, side) if rng.random() < 0.5 else (clause, first, 1 - side)
+                out.append(Counterfactual([*a, "but", *b], [*b, "but", *a], label, "contrast"))
+            else:
+                waiting[side].append(clause)
     return out[:count]

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from contract.vocab import head_tail, pad_batch
+from contract.predictor import pad_batch
+from contract.vocab import head_tail
 from training.config import TrainConfig
 from training.model import SentimentLSTM
 
@@ -31,6 +32,16 @@ class History:
     val_accuracy: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     best_epoch: int = 0
+
+    def record(self, train_loss: float, val_loss: float, val_accuracy: float, seconds: float) -> None:
+        """Append one epoch's figures and log them."""
+        self.train_loss.append(train_loss)
+        self.val_loss.append(val_loss)
+        self.val_accuracy.append(val_accuracy)
+        self.seconds.append(seconds)
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, %.0fs", len(self.val_loss), train_loss, val_loss, val_accuracy, seconds
+        )
 
     def then(self, later: History) -> History:
         """This run followed by `later` (a second stage from this one's weights): epochs and the kept one counted across both."""
@@ -197,38 +208,71 @@ def layer_groups(model: SentimentLSTM) -> list[list[torch.nn.Parameter]]:
     return [list(model.embedding.parameters()), list(model.lstm.parameters()), list(model.head.parameters())]
 
 
-def fit(
-    model: SentimentLSTM,
-    train_ids: Sequence[list[int]],
-    train_labels: Sequence[float],  # 0/1, or a teacher's P(positive) (soft labels)
-    val_ids: Sequence[list[int]],
-    val_labels: Sequence[int],
-    config: TrainConfig,
-    device: torch.device,
-    pairs: Sequence[PairIds] = (),
-    ema: float = 0.0,
-    local: Local | None = None,
-) -> History:
+@dataclass(frozen=True)
+class Examples:
+    """What a fit learns from or is judged on: texts' ids with labels (0/1, or a teacher's P(positive) as soft labels),
+    and for training optionally CAD `pairs` and stage two's `local` supervision."""
+
+    ids: Sequence[list[int]]
+    labels: Sequence[float]
+    pairs: Sequence[PairIds] = ()
+    local: Local | None = None
+
+
+def optimiser(model: SentimentLSTM, config: TrainConfig, steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.OneCycleLR]:
+    """Adam over the layer groups (head at `lr`, each layer below / `lr_decay`) under a one-cycle schedule of `steps`."""
+    groups = layer_groups(model)
+    peaks = [config.lr / config.lr_decay ** (len(groups) - 1 - i) for i in range(len(groups))]
+    optimizer = torch.optim.Adam([{"params": g, "lr": lr} for g, lr in zip(groups, peaks, strict=True)], weight_decay=config.weight_decay)
+    warmup = max(0.1, 2.5 / steps)  # 10% warm-up; tiny smoke runs need >= 2 warm-up steps or OneCycleLR divides by 0
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(steps, 3), pct_start=min(warmup, 0.5))
+    return optimizer, schedule
+
+
+def epoch_plan(train: Examples, config: TrainConfig, rng: random.Random) -> list[tuple[str, list[int]]]:
+    """One epoch's (kind, indices) batches: IMDb buckets, CAD pair batches and local batches, shuffled together so
+    there is one schedule and one optimizer, not a fine-tune bolted on after."""
+    plan = [("imdb", b) for b in bucketed([len(x) for x in train.ids], config.batch_size, rng)]
+    if train.pairs:
+        plan += [("cad", b) for b in pair_batches(train.pairs, config.cad_passes, config.pair_batch, rng)]
+    if train.local:
+        plan += train.local.batches(config.batch_size, config.pair_batch, rng)
+    if train.pairs or train.local:
+        rng.shuffle(plan)
+    return plan
+
+
+def batch_loss(
+    model: SentimentLSTM, kind: str, batch: list[int], train: Examples, config: TrainConfig, device: torch.device
+) -> torch.Tensor:
+    """The loss of one planned batch, by its kind."""
+    local = train.local
+    if kind == "cad":
+        return pair_loss(model, [train.pairs[i] for i in batch], config.pair_weight, device)
+    if kind == "counterfactual" and local:
+        return counterfactual_loss(model, [local.counterfactuals[i] for i in batch], local.pair_weight, device)
+    if kind == "sentence" and local:
+        x, lens = pad_batch([local.sentences[i] for i in batch])  # [B, T], all of one length
+        y = torch.tensor([local.targets[i] for i in batch], dtype=torch.float32, device=device)  # [B]
+        return F.binary_cross_entropy_with_logits(model.logits(x.to(device), lens.to(device)), y)
+    x, lens = pad_batch(crop_to_shortest([train.ids[i] for i in batch]))  # [B, T], [B] with all lengths equal
+    y = torch.tensor([train.labels[i] for i in batch], dtype=torch.float32, device=device)  # [B]
+    return imdb_loss(model, x.to(device), lens.to(device), y, config.adversarial)
+
+
+def fit(model: SentimentLSTM, train: Examples, val: Examples, config: TrainConfig, device: torch.device, ema: float = 0.0) -> History:
     """Train in place; on return the model holds the weights of the best validation-loss epoch.
 
     With `ema` > 0 (a decay) those are the weights' exponential moving average (Polyak averaging, as AWD-LSTM's
     averaged SGD): validation judges the average, and the raw weights only carry the optimisation on.
 
-    CAD `pairs` get batches of their own (both members together, so the pairwise term sees them),
-    shuffled among the IMDb batches: one schedule, one optimizer, not a fine-tune bolted on after. `local`
-    sentences and counterfactual pairs join the same way.
+    CAD pairs get batches of their own (both members together, so the pairwise term sees them), shuffled among the
+    IMDb batches; local sentences and counterfactual pairs join the same way (`epoch_plan`).
     """
     rng = random.Random(config.seed)
-    lengths = [len(x) for x in train_ids]
-    per_epoch_pairs = len(pair_batches(pairs, config.cad_passes, config.pair_batch, random.Random(0))) if pairs else 0
-    per_epoch_local = len(local.batches(config.batch_size, config.pair_batch, random.Random(0))) if local else 0
-    steps = (math.ceil(len(train_ids) / config.batch_size) + per_epoch_pairs + per_epoch_local) * config.epochs
-    groups = layer_groups(model)
-    peaks = [config.lr / config.lr_decay ** (len(groups) - 1 - i) for i in range(len(groups))]  # head gets lr, each layer below / decay
-    optimizer = torch.optim.Adam([{"params": g, "lr": lr} for g, lr in zip(groups, peaks, strict=True)], weight_decay=config.weight_decay)
-    warmup = max(0.1, 2.5 / steps)  # 10% warm-up; tiny smoke runs need >= 2 warm-up steps or OneCycleLR divides by 0
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(steps, 3), pct_start=min(warmup, 0.5))
-    y_val = torch.tensor(val_labels, dtype=torch.float32)
+    per_epoch = len(epoch_plan(train, config, random.Random(0)))
+    optimizer, schedule = optimiser(model, config, per_epoch * config.epochs)
+    y_val = torch.tensor(val.labels, dtype=torch.float32)
     history, best_loss, best_state, stale = History(), math.inf, copy.deepcopy(model.state_dict()), 0
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
     judged: SentimentLSTM = averaged.module if averaged else model  # the weights validation sees and the fit keeps
@@ -236,30 +280,12 @@ def fit(
         start, total, seen = time.perf_counter(), 0.0, 0
         model.train()
         if config.unfreeze:
-            for depth, group in enumerate(reversed(groups)):  # epoch 1: head; epoch 2: + LSTM; epoch 3 on: everything
+            for depth, group in enumerate(reversed(layer_groups(model))):  # epoch 1: head; epoch 2: + LSTM; then all
                 for param in group:
                     param.requires_grad_(depth < epoch)
-        plan = [("imdb", b) for b in bucketed(lengths, config.batch_size, rng)]
-        if pairs:
-            plan += [("cad", b) for b in pair_batches(pairs, config.cad_passes, config.pair_batch, rng)]
-        if local:
-            plan += local.batches(config.batch_size, config.pair_batch, rng)
-        if pairs or local:
-            rng.shuffle(plan)
-        bar = tqdm(plan, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
+        bar = tqdm(epoch_plan(train, config, rng), desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False)
         for kind, batch in bar:
-            if kind == "cad":
-                loss = pair_loss(model, [pairs[i] for i in batch], config.pair_weight, device)
-            elif kind == "counterfactual" and local:
-                loss = counterfactual_loss(model, [local.counterfactuals[i] for i in batch], local.pair_weight, device)
-            elif kind == "sentence" and local:
-                x, lens = pad_batch([local.sentences[i] for i in batch])  # [B, T], all of one length
-                y = torch.tensor([local.targets[i] for i in batch], dtype=torch.float32, device=device)  # [B]
-                loss = F.binary_cross_entropy_with_logits(model.logits(x.to(device), lens.to(device)), y)
-            else:
-                x, lens = pad_batch(crop_to_shortest([train_ids[i] for i in batch]))  # [B, T], [B] with all lengths equal
-                y = torch.tensor([train_labels[i] for i in batch], dtype=torch.float32, device=device)  # [B]
-                loss = imdb_loss(model, x.to(device), lens.to(device), y, config.adversarial)
+            loss = batch_loss(model, kind, batch, train, config, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -269,23 +295,12 @@ def fit(
                 averaged.update_parameters(model)
             total, seen = total + loss.item() * len(batch), seen + len(batch)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-        logits = predict_logits(judged, val_ids, config.eval_batch_size, device)
-        val_loss = F.binary_cross_entropy_with_logits(logits, y_val).item()
-        val_acc = accuracy(logits, y_val)
-        history.train_loss.append(total / seen)
-        history.val_loss.append(val_loss)
-        history.val_accuracy.append(val_acc)
-        history.seconds.append(time.perf_counter() - start)
-        log.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, %.0fs",
-            epoch,
-            total / seen,
-            val_loss,
-            val_acc,
-            history.seconds[-1],
+        logits = predict_logits(judged, val.ids, config.eval_batch_size, device)
+        history.record(
+            total / seen, F.binary_cross_entropy_with_logits(logits, y_val).item(), accuracy(logits, y_val), time.perf_counter() - start
         )
-        if val_loss < best_loss:
-            best_loss, best_state, stale, history.best_epoch = val_loss, copy.deepcopy(judged.state_dict()), 0, epoch
+        if history.val_loss[-1] < best_loss:
+            best_loss, best_state, stale, history.best_epoch = history.val_loss[-1], copy.deepcopy(judged.state_dict()), 0, epoch
         else:
             stale += 1
             if stale >= config.patience:

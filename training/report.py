@@ -7,6 +7,8 @@ import itertools
 import json
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,13 @@ from contract.manifest import Manifest
 from training.config import TrainConfig
 from training.loop import History
 
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")  # the card's text; `_card` fills in the figures
+
 
 @torch.inference_mode()
 def throughput(path: Path, texts_ids: list[list[int]], batch_sizes: tuple[int, ...] = (1, 64), seconds: float = 3.0) -> dict[str, float]:
     """Reviews/s of the saved artifact at each batch size, on real review lengths."""
-    from contract.vocab import pad_batch
+    from contract.predictor import pad_batch
 
     module = artifact.load(path).module
     out = {}
@@ -37,23 +41,34 @@ def throughput(path: Path, texts_ids: list[list[int]], batch_sizes: tuple[int, .
     return out
 
 
-def _plots(
-    folder: Path,
-    history: History,
-    test_probs: torch.Tensor,
-    y_test: torch.Tensor,
-    val_before: torch.Tensor,
-    val_after: torch.Tensor,
-    y_val: torch.Tensor,
-    confusion: list[list[int]],
-) -> None:
+@dataclass(frozen=True)
+class Scores:
+    """The probabilities the plots are drawn from: calibrated test [N], and validation before / after the temperature [M]."""
+
+    test: torch.Tensor
+    y_test: torch.Tensor
+    val_before: torch.Tensor
+    val_after: torch.Tensor
+    y_val: torch.Tensor
+
+
+def _figure(path: Path, draw: Callable[[Any], None], size: tuple[float, float], columns: int = 1) -> None:
+    """One PNG: `draw` fills the axes (a tuple of them when `columns` > 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, columns, figsize=size)
+    draw(axes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _learning_curves(axes: Any, history: History) -> None:
+    a, b = axes
     epochs = range(1, len(history.train_loss) + 1)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(epochs, history.train_loss, "o-", label="train")
     a.plot(epochs, history.val_loss, "o-", label="validation")
     a.axvline(history.best_epoch, ls="--", c="grey", label="kept epoch")
@@ -61,16 +76,14 @@ def _plots(
     a.legend()
     b.plot(epochs, history.val_accuracy, "o-", c="C1")
     b.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
-    fig.tight_layout()
-    fig.savefig(folder / "learning_curves.png", dpi=100)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+
+def _reliability(ax: Any, scores: Scores) -> None:
     edges = torch.linspace(0, 1, 16)
     for probs, labels, name in (
-        (val_before, y_val, "validation, T=1"),
-        (val_after, y_val, "validation, calibrated"),
-        (test_probs, y_test, "test, calibrated"),
+        (scores.val_before, scores.y_val, "validation, T=1"),
+        (scores.val_after, scores.y_val, "validation, calibrated"),
+        (scores.test, scores.y_test, "test, calibrated"),
     ):
         index = torch.bucketize(probs, edges[1:-1])
         xs, ys = [], []
@@ -83,27 +96,23 @@ def _plots(
     ax.plot([0, 1], [0, 1], "--", c="grey")
     ax.set(xlabel="predicted P(positive)", ylabel="observed fraction positive", title="Reliability (15 bins)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "reliability.png", dpi=100)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(4, 4))
+
+def _confusion(ax: Any, confusion: list[list[int]]) -> None:
     ax.imshow(confusion, cmap="Blues")
     for i in range(2):
         for j in range(2):
             ax.text(j, i, f"{confusion[i][j]:,}", ha="center", va="center", fontsize=12)
+    names = ["negative", "positive"]
     ax.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=["negative", "positive"],
-        yticklabels=["negative", "positive"],
-        xlabel="predicted",
-        ylabel="true",
-        title="Test confusion matrix",
+        xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="true", title="Test confusion matrix"
     )
-    fig.tight_layout()
-    fig.savefig(folder / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
+
+
+def _plots(folder: Path, history: History, scores: Scores, confusion: list[list[int]]) -> None:
+    _figure(folder / "learning_curves.png", lambda axes: _learning_curves(axes, history), (10, 4), columns=2)
+    _figure(folder / "reliability.png", lambda ax: _reliability(ax, scores), (5, 5))
+    _figure(folder / "confusion_matrix.png", lambda ax: _confusion(ax, confusion), (4, 4))
 
 
 def robustness_section(manifest: Manifest) -> str:
@@ -161,20 +170,9 @@ sentence into a validation half (used to choose) and a test half (reported only)
 """
 
 
-def write(
-    path: Path,
-    manifest: Manifest,
-    history: History,
-    checks: dict[str, float],
-    test_probs: torch.Tensor,
-    y_test: torch.Tensor,
-    val_before: torch.Tensor,
-    val_after: torch.Tensor,
-    y_val: torch.Tensor,
-    speed_ids: list[list[int]],
-) -> None:
+def write(path: Path, manifest: Manifest, history: History, checks: dict[str, float], scores: Scores, speed_ids: list[list[int]]) -> None:
     """metrics.json, MODEL_CARD.md and the plots after a training run."""
-    _plots(path.parent, history, test_probs, y_test, val_before, val_after, y_val, manifest.metrics["test"]["confusion"])
+    _plots(path.parent, history, scores, manifest.metrics["test"]["confusion"])
     _card(path, manifest, dict(vars(history)), checks, throughput(path, speed_ids))
 
 
@@ -247,7 +245,9 @@ def members_note(figures: dict[str, float]) -> str:
 def local_note(figures: dict[str, float]) -> str:
     """The sentence-level supervision of stage two (--counterfactuals, --distill-sentences), if any."""
     pairs, sentences = int(figures.get("local_counterfactuals", 0)), int(figures.get("local_sentences", 0))
+    contrasts = int(figures.get("local_contrasts", 0))
     parts = [f"{pairs:,} generated counterfactual pairs of one-liners"] if pairs else []
+    parts += [f'{contrasts:,} generated "A but B" / "B but A" pairs'] if contrasts else []
     parts += [f"{sentences:,} single sentences labelled by a negation-scope teacher"] if sentences else []
     return f"; plus {' and '.join(parts)}" if parts else ""
 
@@ -319,68 +319,31 @@ def _card(path: Path, manifest: Manifest, history: dict[str, Any], checks: dict[
         if reexported
         else ""
     )
-    (folder / "MODEL_CARD.md").write_text(f"""# Model card: {manifest.name} {manifest.version}
-
-A binary sentiment classifier for English movie-review-style text: word
-embeddings (word2vec pre-trained on IMDb train + unlabelled reviews) → one
-bidirectional LSTM layer ({cfg["hidden"]} units per direction) → max + mean pooling →
-linear → sigmoid, with a temperature ({val["temperature"]:.3f}) fitted on validation
-and folded into the file. Output: calibrated P(positive).
-
-## Figures (IMDb test set, {test["n"]:,} reviews, evaluated once)
-
-| metric | value |
-|---|---|
-| accuracy | **{test["accuracy"]:.2%}** |
-| F1 (positive) | {test["f1"]:.4f} |
-| ROC-AUC | {test["roc_auc"]:.4f} |
-| ECE, 15 bins (calibrated / uncalibrated) | {test["ece_15"]:.2%} / {test["ece_15_uncalibrated"]:.2%} |
-| Brier (calibrated / uncalibrated) | {test["brier"]:.4f} / {test["brier_uncalibrated"]:.4f} |
-| validation accuracy (kept epoch {manifest.training["best_epoch"]}) | {val["accuracy"]:.2%} |
-| validation ECE before / after temperature | {val["val_ece_15_before"]:.2%} / {val["val_ece_15_after"]:.2%} |
-| parameters | {manifest.training["parameters"]:,} |
-| file size | {path.stat().st_size / 1e6:.1f} MB |
-| CPU throughput, batch 1 / batch 64 | {speed["batch_1_reviews_per_s"]:.0f} / {speed["batch_64_reviews_per_s"]:.0f} reviews/s |
-| training time (whole run / pre-training and fitting) | {manifest.training["total_seconds"] / 60:.1f} min / {manifest.training["fit_seconds"] / 60:.1f} min on {manifest.training["hardware"]}{" (stage one from the cache: its time not counted)" if manifest.training.get("stage_one_from_cache") else ""} |
-| LM pre-training (forward + backward) | {lm_row(manifest.training.get("lm_pretraining") or {})} |
-| knowledge distillation | {distill_row(manifest.training.get("distillation") or {})} |
-
-Confusion matrix (rows true negative/positive, columns predicted): {test["confusion"]}.
-
-{robustness_section(manifest)}
-{behaviour_section(manifest)}
-
-![learning curves](learning_curves.png) ![reliability](reliability.png) ![confusion matrix](confusion_matrix.png)
-
-## How it was made
-
-    python -m training {flags}
-
-with the defaults of `training/config.py` (all recorded in `metrics.json` and in the
-file's manifest): vocabulary of {manifest.vocab_size:,} tokens from train + unlabelled
-reviews, head+tail truncation to {manifest.max_length} tokens ({manifest.head_length} from the start),
-length-bucketed batches, Adam with a one-cycle schedule, gradient clipping at
-{cfg["clip_norm"]}, dropout {cfg["dropout"]}, early stopping on validation loss. Validation is
-{cfg["validation_fraction"]:.0%} of the *training movies* (grouped by IMDb title id), so no film is on both
-sides; the test set was used once, after every choice. Data sha256: `{manifest.data_sha256}`.
-Git commit: `{manifest.git_commit or "n/a"}`; created {manifest.created_at}.
-{provenance}
-Re-check the test figures from the shipped file:
-
-    python -m training.evaluate {path.as_posix()} --data ../shared/data/aclImdb.tar.gz
-
-## Export checks (run automatically)
-
-- scripted vs eager, max |Δp| on 256 validation reviews: {checks["parity_max_abs_diff"]:.1e}
-- dense vs packed BiLSTM route, mixed-length batches of 16, max |Δp|: {checks.get("routes_max_abs_diff", float("nan")):.1e}
-- padding / batch-mate invariance, max |Δp|: {checks["padding_max_abs_diff"]:.1e}
-- fresh process that imports only `contract/`: |Δp| {checks["fresh_process_abs_diff"]:.1e}
-{bf16_checks(checks)}{f"- against the file it replaced, mixed and length-sorted batches, max |Δp|: {checks['previous_file_max_abs_diff']:.1e}" + chr(10) if "previous_file_max_abs_diff" in checks else ""}
-## Intended use and limits
-
-Trained on IMDb movie reviews (English, 2011 and earlier, polarised: ratings ≤ 4 or ≥ 7).
-Neutral or mixed text has no label of its own: expect scores near 0.5. Sarcasm,
-other domains (products, tweets) and non-English text are out of distribution;
-the calibration holds on IMDb, not necessarily elsewhere. Texts longer than
-{manifest.max_length} tokens are judged on their first {manifest.head_length} and last {manifest.max_length - manifest.head_length} tokens.
-""")
+    values = {
+        "m": manifest,
+        "cfg": cfg,
+        "val": val,
+        "test": test,
+        "t": manifest.training,
+        "speed": speed,
+        "checks": checks,
+        "file_mb": path.stat().st_size / 1e6,
+        "total_min": manifest.training["total_seconds"] / 60,
+        "fit_min": manifest.training["fit_seconds"] / 60,
+        "cache_note": " (stage one from the cache: its time not counted)" if manifest.training.get("stage_one_from_cache") else "",
+        "lm_row": lm_row(manifest.training.get("lm_pretraining") or {}),
+        "distill_row": distill_row(manifest.training.get("distillation") or {}),
+        "robustness_section": robustness_section(manifest),
+        "behaviour_section": behaviour_section(manifest),
+        "flags": flags,
+        "commit": manifest.git_commit or "n/a",
+        "provenance": provenance,
+        "path": path.as_posix(),
+        "routes": checks.get("routes_max_abs_diff", float("nan")),
+        "bf16_checks": bf16_checks(checks),
+        "previous_file": f"- against the file it replaced, mixed and length-sorted batches, max |Δp|: {checks['previous_file_max_abs_diff']:.1e}\n"
+        if "previous_file_max_abs_diff" in checks
+        else "",
+        "tail_length": manifest.max_length - manifest.head_length,
+    }
+    (folder / "MODEL_CARD.md").write_text(CARD_TEMPLATE.read_text().format_map(values))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from contract import artifact as artifact_io
-from contract.vocab import pad_batch
+from contract.predictor import pad_batch
 
 
 class SentimentHandler:
