@@ -131,11 +131,14 @@ def pair_loss(model: SentimentLSTM, batch: Sequence[PairIds], pair_weight: float
     moved, which is exactly what the CAD revisions measure.
     """
     x, lens = pad_batch(crop_to_shortest([p.original for p in batch] + [p.revised for p in batch]))  # [2P, T], [2P]
-    z = model.logits(x.to(device), lens.to(device))  # [2P]
-    y_original = torch.tensor([float(p.label) for p in batch], device=device)  # [P]
-    loss = F.binary_cross_entropy_with_logits(z, torch.cat([y_original, 1 - y_original]))
+    z_original, z_revised = model.logits(x.to(device), lens.to(device)).chunk(2)  # [P], [P]
+    return pair_objective(z_original, z_revised, torch.tensor([float(p.label) for p in batch], device=device), pair_weight)
+
+
+def pair_objective(z_original: torch.Tensor, z_revised: torch.Tensor, y_original: torch.Tensor, pair_weight: float) -> torch.Tensor:
+    """BCE on both members ([P] logits each, labels y and 1 - y) plus `pair_weight` × the ranking term (see pair_loss)."""
+    loss = F.binary_cross_entropy_with_logits(torch.cat([z_original, z_revised]), torch.cat([y_original, 1 - y_original]))
     if pair_weight:
-        z_original, z_revised = z.chunk(2)  # [P], [P]
         loss = loss + pair_weight * F.softplus(-(2 * y_original - 1) * (z_original - z_revised)).mean()
     return loss
 
@@ -181,9 +184,7 @@ def counterfactual_loss(model: SentimentLSTM, batch: Sequence[PairIds], pair_wei
     x, lens = pad_batch([p.original for p in batch])  # [P, T]
     x_edit, lens_edit = pad_batch([p.revised for p in batch])  # [P, T']
     z_original, z_revised = model.logits(x.to(device), lens.to(device)), model.logits(x_edit.to(device), lens_edit.to(device))
-    y = torch.tensor([float(p.label) for p in batch], device=device)  # [P]
-    loss = F.binary_cross_entropy_with_logits(torch.cat([z_original, z_revised]), torch.cat([y, 1 - y]))
-    return loss + pair_weight * F.softplus(-(2 * y - 1) * (z_original - z_revised)).mean()
+    return pair_objective(z_original, z_revised, torch.tensor([float(p.label) for p in batch], device=device), pair_weight)
 
 
 def imdb_loss(model: SentimentLSTM, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:

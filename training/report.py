@@ -243,7 +243,7 @@ def members_note(figures: dict[str, float]) -> str:
 
 
 def local_note(figures: dict[str, float]) -> str:
-    """The sentence-level supervision of stage two (--counterfactuals, --distill-sentences), if any."""
+    """The sentence-level supervision of stage two (--counterfactuals, --contrast-pairs, --distill-sentences), if any."""
     pairs, sentences = int(figures.get("local_counterfactuals", 0)), int(figures.get("local_sentences", 0))
     contrasts = int(figures.get("local_contrasts", 0))
     parts = [f"{pairs:,} generated counterfactual pairs of one-liners"] if pairs else []
