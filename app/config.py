@@ -92,14 +92,25 @@ class Settings(BaseSettings):
     request_timeout_ms: int = Field(
         30_000, ge=0, description="Default deadline per request (504 past it; 0 = none); `X-Request-Timeout-Ms` may ask for less."
     )
+    processes: int = Field(
+        0,
+        ge=0,
+        description="Serving processes sharing the port (SO_REUSEPORT), each with its own model and workers; 0 = auto: 1 on "
+        "CUDA, on CPU 2 where there are 2 cores or more (one process's GIL holds it at ~1.6 of 2 cores; two answer 20-35 % "
+        "more). Each has its own queue and limits (max_queue, max_in_flight, max_connections...: per process).",
+    )
     model_workers: int = Field(
         0,
         ge=0,
-        description="Batches that run at once, each on its own thread; 0 = auto: 1 on CUDA, on CPU one per core up to 4 "
-        "(two 1-core batches beat one 2-core batch: the LSTM gains little from batch size or intra-op threads).",
+        description="Batches that run at once in each process, each on its own thread; 0 = auto: 1 on CUDA, on CPU one per "
+        "core of the process's share up to 4 (two 1-core batches beat one 2-core batch: the LSTM gains little from batch "
+        "size or intra-op threads).",
     )
     torch_threads: int = Field(
-        0, ge=0, description="Intra-op CPU threads per model worker; 0 = auto: the cores shared evenly by the workers (at least 1)."
+        0,
+        ge=0,
+        description="Intra-op CPU threads per model worker; 0 = auto: the process's share of the cores split evenly by its "
+        "workers (at least 1).",
     )
     api_key: SecretStr | None = Field(
         None, description="If set, /predict and /v2/models/*/infer need `Authorization: Bearer <key>`; health, metrics, docs stay open."

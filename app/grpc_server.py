@@ -160,7 +160,7 @@ class GrpcServer:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(settings.processes > 1)),  # several serving processes share the port
                 # The HTTP server's client limits (app/server.py), as far as gRPC core has them: a connection must
                 # finish its HTTP/2 handshake within header_timeout_s, is closed after keep_alive_timeout_s without
                 # a call, and connections beyond max_connections are refused. Ping floods are bounded by gRPC's

@@ -11,18 +11,20 @@ the same loop and runner; the service's drain stops it.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
-from app import allocator, errors, logs, tracing
+from app import allocator, errors, logs, process_group, tracing
 from app.config import Settings
 from app.metrics import Metrics
 from app.middleware import RequestEnvelope
@@ -39,6 +41,8 @@ from contract.device import cap_kernel_cache
 
 if TYPE_CHECKING:
     from app.grpc_server import GrpcServer
+
+logger = logging.getLogger("app")
 
 DESCRIPTION = """Sentiment (positive / negative) of English movie reviews, from an embedding + BiLSTM model.
 
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None, *, artifact: Artifact | None = 
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = service
+    app.state.process_group = None  # the cli's Primary or Secondary when several processes serve (app/process_group.py)
     errors.install(app)
     app.add_middleware(predict.FastLane, service=service, metrics=metrics)  # inside the envelope: gets the body it read
     app.add_middleware(
@@ -118,7 +123,7 @@ def _grpc_server(service: Service, settings: Settings) -> GrpcServer | None:
     return GrpcServer(service, settings)
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     print(f"sentiment-serve: error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -130,6 +135,7 @@ def cli(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", help="interface to listen on (default SENTIMENT_HOST or 0.0.0.0)")
     parser.add_argument("--port", type=int, help="TCP port (default SENTIMENT_PORT or 8000)")
+    parser.add_argument("--group-fd", type=int, help=argparse.SUPPRESS)  # a secondary's pipe to its primary (app/process_group.py)
     args = parser.parse_args(argv)
     # SIGTERM while loading exits at once; after a graceful shutdown uvicorn re-raises it: exit 0, not "killed".
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
@@ -144,9 +150,12 @@ def cli(argv: list[str] | None = None) -> None:
     allocator.tune()  # before the model allocates: 2 malloc arenas (app/allocator.py)
     cap_kernel_cache()  # before the first forward: oneDNN keeps 8 LSTM shapes, not 1,024 (contract/device.py)
     try:
-        artifact = artifact_io.load(settings.model_path, resolve_device(settings.device), settings.precision)
+        device = resolve_device(settings.device)
+        settings = process_group.share(settings, process_group.resolve(settings.processes, device))
+        artifact = artifact_io.load(settings.model_path, device, settings.precision)
     except (ArtifactError, DeviceUnavailable) as exc:
         _fail(str(exc), 1)
+    group, sockets = _group(settings, args.group_fd)
     try:
         app = create_app(settings, artifact=artifact)
     except ImportError as exc:
@@ -163,14 +172,38 @@ def cli(argv: list[str] | None = None) -> None:
         server_header=False,
     )
     service: Service = app.state.service
-    signal.signal(signal.SIGHUP, lambda _sig, _frame: service.reload_soon())  # reload the model file, keep serving
-    server = Server(config, service, app.state.metrics)
+    app.state.process_group = group
+    server = Server(config, service, app.state.metrics, group)
+    signal.signal(signal.SIGHUP, lambda sig, _frame: (service.reload_soon(), group and group.signal(sig)))  # reload, keep serving
     try:
-        server.run()
+        if isinstance(group, process_group.Primary):
+            group.reload_self = service.reload_soon
+            group.start()
+        server.run(sockets)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    finally:
+        if isinstance(group, process_group.Primary):
+            if not group.stopping:  # start-up failed: the secondaries were told nothing yet
+                group.signal(signal.SIGTERM)
+            group.wait(settings.drain_delay_s + settings.shutdown_timeout_s + 10)
     if not server.started:
         raise SystemExit(3)  # start-up failed; uvicorn logged why
+
+
+def _group(settings: Settings, group_fd: int | None) -> tuple[process_group.Group | None, list[socket.socket] | None]:
+    """This process's part in a group of serving processes and its own listener; (None, None) when it serves alone."""
+    if settings.processes == 1:
+        return None, None
+    primary = group_fd is None
+    try:
+        sock = process_group.bind(settings.host, settings.port, check_free=primary)
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc}", 3)
+    if not primary:
+        return process_group.Secondary(group_fd), [sock]
+    logger.info("serving with %d processes on port %d", settings.processes, sock.getsockname()[1])
+    return process_group.Primary(settings.processes, settings.host, sock.getsockname()[1]), [sock]
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ batcher can change without touching it, and it cannot form an import cycle.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest, multiprocess, values
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch to multiprocess values
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -24,7 +28,16 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        ProcessCollector(registry=r)  # RSS, CPU, open fds: memory must stay bounded under load
+        # Several serving processes (app/process_group.py): values live in files shared by the group, and /metrics
+        # reads them all. The process_* series would describe only the process that took the scrape: left out then.
+        self.shared = MULTIPROC_ENV in os.environ
+        if not self.shared:
+            ProcessCollector(registry=r)  # RSS, CPU, open fds: memory must stay bounded under load
+        # Shared: each process's RSS as its own series (a pid label), sampled at scrapes and at most once a second.
+        self.rss = Gauge("process_resident_memory_bytes", "Resident memory size in bytes.", registry=None, multiprocess_mode="liveall")
+        self._rss_sampled = 0.0
+        self._depth: Callable[[], int] | None = None
+        self._model: tuple[str, str, str] | None = None  # sentiment_model_info's labels now
         self.requests = Counter(
             "sentiment_http_requests", "HTTP requests by route template and status.", ["method", "route", "status"], registry=r
         )
@@ -35,7 +48,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_progress = Gauge("sentiment_http_requests_in_progress", "HTTP requests being served.", registry=r)
+        self.in_progress = Gauge(
+            "sentiment_http_requests_in_progress", "HTTP requests being served.", registry=r, multiprocess_mode="livesum"
+        )
         self.batch_size = Histogram("sentiment_batch_size", "Texts per forward pass.", ["kind"], buckets=SIZE_BUCKETS, registry=r)
         self.batch_tokens = Histogram(
             "sentiment_batch_tokens", "Padded tokens (texts x longest) per forward pass.", ["kind"], buckets=TOKEN_BUCKETS, registry=r
@@ -56,7 +71,7 @@ class Metrics:
             buckets=PADDING_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("sentiment_queue_depth", "Texts waiting for the model.", registry=r)
+        self.queue_depth = Gauge("sentiment_queue_depth", "Texts waiting for the model.", registry=r, multiprocess_mode="livesum")
         self.queue_wait = Histogram(
             "sentiment_queue_wait_seconds", "Time a text waited in the queue before its batch started.", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -77,18 +92,39 @@ class Metrics:
             "sentiment_text_oov_fraction", "Per-text fraction of kept tokens outside the vocabulary.", buckets=FRACTION_BUCKETS, registry=r
         )
         self.rejected = Counter("sentiment_rejected", "Texts refused or dropped, by reason.", ["reason"], registry=r)
-        self.model_info = Gauge("sentiment_model_info", "The model being served (value 1).", ["name", "version", "device"], registry=r)
+        self.model_info = Gauge(
+            "sentiment_model_info",
+            "The model being served (value 1; with several processes, models served before in this run stay at 0).",
+            ["name", "version", "device"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.model_reloads = Counter("sentiment_model_reloads", "Model reloads by result (ok, error).", ["result"], registry=r)
         self.model_reloads.labels("ok"), self.model_reloads.labels("error")  # both series exist from the start, at 0
 
     def track_queue(self, depth: Callable[[], int]) -> None:
-        """Read the queue depth from `depth()` at each scrape."""
-        self.queue_depth.set_function(depth)
+        """Read the queue depth from `depth()` at each scrape (shared: also at each batch, for the other processes' scrapes)."""
+        if self.shared:
+            self._depth = depth
+        else:
+            self.queue_depth.set_function(depth)
+
+    def _sample_rss(self) -> None:
+        self._rss_sampled = time.monotonic()
+        self.rss.set(rss_bytes())
+
+    def _sample_depth(self) -> None:
+        if self._depth is not None:
+            self.queue_depth.set(self._depth())
 
     def set_model(self, name: str, version: str, device: str) -> None:
         """The model serving now (the one series of sentiment_model_info: a reload replaces it)."""
-        self.model_info.clear()
-        self.model_info.labels(name, version, device).set(1)
+        if not self.shared:
+            self.model_info.clear()
+        elif self._model is not None:  # a shared file keeps every series it ever held: the one replaced reads 0
+            self.model_info.labels(*self._model).set(0)
+        self._model = (name, version, device)
+        self.model_info.labels(*self._model).set(1)
 
     def observe_reload(self, ok: bool) -> None:
         self.model_reloads.labels("ok" if ok else "error").inc()
@@ -103,6 +139,10 @@ class Metrics:
             self.batch_padding.labels(kind).observe(padded_tokens / real_tokens)
         for wait in waits:
             self.queue_wait.observe(wait)
+        if self.shared:
+            self._sample_depth()
+            if time.monotonic() - self._rss_sampled >= 1.0:
+                self._sample_rss()
 
     def observe_forward(self, kind: str, seconds: float, precision: str = "fp32") -> None:
         self.forward_seconds.labels(kind, precision).observe(seconds)
@@ -118,4 +158,35 @@ class Metrics:
             self.oov_fraction.observe(unknown_tokens / kept_tokens)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.shared:
+            return generate_latest(self.registry)
+        self._sample_depth()
+        self._sample_rss()
+        group = CollectorRegistry()
+        multiprocess.MultiProcessCollector(group)
+        return generate_latest(group)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def share_across_processes(directory: str) -> None:
+    """Keep values in `directory`'s files from now on, for this process and the processes it starts.
+
+    prometheus_client picks its value class once, at import, from PROMETHEUS_MULTIPROC_DIR; the primary serving
+    process imported it before it knew it would have company, so it picks again here, before any collector exists.
+    """
+    os.environ[MULTIPROC_ENV] = directory
+    values.ValueClass = values.get_value_class()
+
+
+def process_died(pid: int) -> None:
+    """Drop a dead process's live gauges (in progress, queue depth, model info) from the shared files."""
+    if MULTIPROC_ENV in os.environ:
+        multiprocess.mark_process_dead(pid)

@@ -23,7 +23,7 @@ from app.request_context import RequestContext
 from contract import artifact as artifact_io
 from contract.artifact import Artifact
 from contract.device import DeviceUnavailable as DeviceUnavailable  # re-exported: app.main and tests import it from here
-from contract.device import ThreadPlan, plan_threads, resolve_device
+from contract.device import ThreadPlan, available_cores, plan_threads, resolve_device
 from contract.predictor import Predictor
 from contract.text import Token
 
@@ -83,7 +83,8 @@ class Runner:
     def load(cls, settings: Settings, metrics: Metrics | None = None, artifact: Artifact | None = None) -> Runner:
         """Load (and verify) the model file named in the settings, or move `artifact` to the device; raises ArtifactError or DeviceUnavailable."""
         device = resolve_device(settings.device)
-        threads = plan_threads(device, settings.model_workers, settings.torch_threads)
+        cores = max(1, available_cores() // max(1, settings.processes))  # this process's share (app/process_group.py)
+        threads = plan_threads(device, settings.model_workers, settings.torch_threads, cores)
         if artifact is None:
             artifact = artifact_io.load(settings.model_path, device, settings.precision)
         else:

@@ -181,6 +181,7 @@ class ModelInfo(BaseModel):
     normalizer_version: str
     device: str
     precision: str = Field(description="The route serving predictions: fp32 (exact) or bf16 (SENTIMENT_PRECISION); explanations run fp32.")
+    processes: int = Field(description="Serving processes sharing the port, each with this model (SENTIMENT_PROCESSES).")
     created_at: str
     git_commit: str
     metrics: dict[str, Any]

@@ -57,7 +57,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import signal
 import socket
 import time
@@ -73,7 +72,8 @@ from uvicorn.server import ServerState
 
 from app import allocator
 from app.errors import Overloaded, RequestTimeout, ServiceError, error_response
-from app.metrics import Metrics
+from app.metrics import Metrics, rss_bytes
+from app.process_group import Group
 from app.service import Service
 
 logger = logging.getLogger("app")
@@ -326,10 +326,11 @@ class Protocol(HttpToolsProtocol):
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server driving the service's shutdown sequence (steps 1 and 2 above)."""
+    """uvicorn's server driving the service's shutdown sequence (steps 1 and 2 above), one of a group's processes or alone."""
 
-    def __init__(self, config: uvicorn.Config, service: Service, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, service: Service, metrics: Metrics | None = None, group: Group | None = None) -> None:
         super().__init__(config)
+        self.group = group  # app/process_group.py: signals go on to the secondaries; a secondary drains without its primary
         settings = service.settings
         limits = Limits(
             max_connections=settings.max_connections,
@@ -347,6 +348,8 @@ class Server(uvicorn.Server):
         if sig == signal.SIGINT:
             self._delay = 0.0  # Ctrl-C: a developer, not a load balancer, is waiting
         self.server_state.draining = True
+        if self.group is not None:
+            self.group.signal(sig)
         super().handle_exit(sig, frame)
 
     async def main_loop(self) -> None:
@@ -362,8 +365,11 @@ class Server(uvicorn.Server):
         waiting.cancel()
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's tick (every 0.1 s), plus the idle malloc_trim when it is on."""
+        """uvicorn's tick (every 0.1 s), plus the process group's upkeep and the idle malloc_trim when it is on."""
         should_exit = await super().on_tick(counter)
+        if self.group is not None and self.group.tick() and not self.server_state.draining:
+            logger.error("the primary serving process is gone: draining")
+            self.handle_exit(signal.SIGTERM, None)
         if self._idle_trim is not None:
             self._maybe_trim()
         return should_exit
@@ -422,8 +428,4 @@ def _trim_and_log() -> None:
 
 
 def _rss_mib() -> float:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+    return rss_bytes() / 2**20

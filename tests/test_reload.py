@@ -121,7 +121,8 @@ def test_sighup_under_load_reloads_without_a_failed_request_and_a_bad_file_leave
 ) -> None:
     path = tmp_path / "model.pt"
     shutil.copy(tiny_model_path, path)
-    with running_server(path, tmp_path, SENTIMENT_MODEL_WORKERS="2") as (process, port, log):
+    # One process: /model's loaded_at is that process's (tests/test_process_group.py reloads a group).
+    with running_server(path, tmp_path, SENTIMENT_MODEL_WORKERS="2", SENTIMENT_PROCESSES="1") as (process, port, log):
         base = f"http://127.0.0.1:{port}"
         statuses, versions, loaded = asyncio.run(_load_while_reloading(base, process.pid, path, [second_model, tiny_model_path]))
         text = httpx.get(f"{base}/metrics").text

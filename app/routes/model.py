@@ -27,6 +27,7 @@ async def model_info(request: Request) -> ModelInfo:
         normalizer_version=manifest.normalizer_version,
         device=str(runner.device),
         precision=str(runner.artifact.precision),
+        processes=max(1, service_of(request).settings.processes),  # 0: an app outside the cli, alone
         created_at=manifest.created_at,
         git_commit=manifest.git_commit,
         metrics=manifest.metrics,

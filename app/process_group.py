@@ -1,0 +1,194 @@
+"""Serving processes: N copies of the service on one port, because one process's GIL holds it below the cores.
+
+On the 2-core box one process keeps ~1.6 cores busy at saturation: its event loop (HTTP, JSON, tokenizing) and
+its model workers take turns at one GIL. Two processes with one model worker each keep ~1.95 busy and answer
+20-35 % more (docs/benchmarks.md, "Serving processes").
+
+The process the operator starts is the *primary*. It serves like the others and spawns the *secondaries*: the same
+command with `--group-fd`, each loading the model itself (no fork after torch has started threads). Every process
+binds its own SO_REUSEPORT socket, so the kernel spreads connections evenly over them; the primary first checks
+that nothing else holds the port, which SO_REUSEPORT alone would not report.
+
+The primary is the group's one address for signals. It forwards SIGTERM / SIGINT (drain) and SIGHUP (reload),
+restarts a secondary that dies while serving, and waits for all of them before it exits. Secondaries run in their
+own session, so a terminal's Ctrl-C reaches the primary only and no process sees a signal twice (uvicorn reads a
+second one as "force exit"); a secondary whose primary is gone drains by itself. A reload asked of one process over
+HTTP reaches the others through a pipe to the primary. Counters and histograms are shared through
+prometheus_client's multiprocess files (app/metrics.py), so /metrics answers for the group whichever process takes
+the scrape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from app.config import Settings
+from app.metrics import process_died, share_across_processes
+from contract.device import available_cores
+
+logger = logging.getLogger("app")
+
+AUTO_PROCESSES = 2  # the count measured (2-core box); more cores get more model workers per process instead
+RESTART_DELAY_S = (1.0, 30.0)  # a dead secondary is restarted after 1 s, doubling up to 30 s while it keeps dying
+STABLE_S = 60.0  # a secondary that lived this long resets the delay
+
+
+def resolve(setting: int, device: torch.device, cores: int | None = None) -> int:
+    """The process count for `SENTIMENT_PROCESSES` (0 = auto): 1 on CUDA (one GPU queue batches best), else up to 2."""
+    if setting:
+        return setting
+    if device.type != "cpu":
+        return 1
+    return max(1, min(cores if cores is not None else available_cores(), AUTO_PROCESSES))
+
+
+def share(settings: Settings, processes: int) -> Settings:
+    """One process's settings: the count resolved (its share of the cores follows from it, app/runner.py).
+
+    The limits (max_in_flight, max_connections, max_queue...) stay per process, as its memory and descriptors are:
+    the kernel spreads connections over the processes by a hash, not by load, so a total split evenly would refuse
+    work in one process while the other has room.
+    """
+    return settings.model_copy(update={"processes": processes})
+
+
+def bind(host: str, port: int, *, check_free: bool) -> socket.socket:
+    """A SO_REUSEPORT socket bound to (host, port); `check_free` first proves no other server listens there.
+
+    Bound, not listening: uvicorn listens once the app has started, so no connection waits on a process still loading.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if check_free and port:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:  # without SO_REUSEPORT: EADDRINUSE if anyone listens
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Primary:
+    """The primary's side: spawn, signal, restart and wait for the secondaries; fan reloads out."""
+
+    def __init__(self, count: int, host: str, port: int) -> None:
+        self.count = count
+        self._command = [sys.executable, "-m", "app.main", "--host", host, "--port", str(port)]
+        self.reload_self: Callable[[], None] = lambda: None  # the primary's own Service.reload_soon, once the app exists
+        self._metrics_dir = tempfile.mkdtemp(prefix="sentiment-metrics-")
+        share_across_processes(self._metrics_dir)  # before the app builds its collectors; secondaries inherit it
+        self._pipe_r, self._pipe_w = os.pipe()  # secondaries write their pid here to reload the group
+        os.set_blocking(self._pipe_r, False)
+        self._children: dict[int, subprocess.Popen[bytes] | None] = {}  # index -> process (None: waiting to restart)
+        self._started: dict[int, float] = {}
+        self._restart_at: dict[int, float] = {}
+        self._delay: dict[int, float] = {}
+        self.stopping = False
+
+    def start(self) -> None:
+        for index in range(1, self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        child = subprocess.Popen([*self._command, "--group-fd", str(self._pipe_w)], pass_fds=(self._pipe_w,), start_new_session=True)
+        self._children[index], self._started[index] = child, time.monotonic()
+        logger.info("secondary %d started (pid %d)", index, child.pid)
+
+    def signal(self, sig: int) -> None:
+        """Forward `sig` to every live secondary; SIGTERM and SIGINT also stop restarts."""
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+        for child in self._children.values():
+            if child is not None and child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(sig)
+
+    def reload_others(self, origin: int | None = None) -> None:
+        """SIGHUP every secondary but `origin` (the pid that reloaded itself and asked)."""
+        for child in self._children.values():
+            if child is not None and child.pid != origin and child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signal.SIGHUP)
+
+    def tick(self) -> bool:
+        """From the server's tick (10 Hz): reloads asked through the pipe, and dead secondaries; False: keep serving."""
+        with contextlib.suppress(BlockingIOError):
+            for line in os.read(self._pipe_r, 4096).split():
+                self.reload_self()
+                self.reload_others(origin=int(line))
+        now = time.monotonic()
+        for index, child in list(self._children.items()):
+            if child is None:
+                if not self.stopping and now >= self._restart_at[index]:
+                    self._spawn(index)
+            elif child.poll() is not None:
+                self._died(index, child, now)
+        return False
+
+    def _died(self, index: int, child: subprocess.Popen[bytes], now: float) -> None:
+        process_died(child.pid)
+        self._children[index] = None
+        if self.stopping:
+            return
+        lived = now - self._started[index]
+        delay = RESTART_DELAY_S[0] if lived >= STABLE_S else min(2 * self._delay.get(index, RESTART_DELAY_S[0] / 2), RESTART_DELAY_S[1])
+        self._delay[index], self._restart_at[index] = delay, now + delay
+        logger.error(
+            "secondary %d (pid %d) exited with %s after %.1f s; restarting in %.0f s", index, child.pid, child.returncode, lived, delay
+        )
+
+    def wait(self, timeout: float) -> None:
+        """At the primary's exit: give the secondaries `timeout` seconds to finish draining, then kill the rest."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout
+        for child in self._children.values():
+            if child is None:
+                continue
+            try:
+                child.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.error("secondary pid %d still running %.0f s after the shutdown began: killed", child.pid, timeout)
+                child.kill()
+                child.wait()
+        os.close(self._pipe_r)
+        os.close(self._pipe_w)
+        shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+
+class Secondary:
+    """A secondary's side: ask the primary to reload the others, notice when the primary is gone."""
+
+    def __init__(self, pipe_fd: int) -> None:
+        self._pipe = pipe_fd
+        self._primary = os.getppid()
+
+    def signal(self, sig: int) -> None:
+        """Nothing to forward: the secondary has no children."""
+
+    def reload_others(self) -> None:
+        with contextlib.suppress(OSError):  # the primary is gone: nothing to reload
+            os.write(self._pipe, b"%d\n" % os.getpid())
+
+    def tick(self) -> bool:
+        """From the server's tick: True once the primary is gone (this process was re-parented), time to drain."""
+        return os.getppid() != self._primary
+
+
+Group = Primary | Secondary
