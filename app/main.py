@@ -202,8 +202,13 @@ def _group(settings: Settings, group_fd: int | None) -> tuple[process_group.Grou
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc}", 3)
     if not primary:
         return process_group.Secondary(group_fd), [sock]
-    logger.info("serving with %d processes on port %d", settings.processes, sock.getsockname()[1])
-    return process_group.Primary(settings.processes, settings.host, sock.getsockname()[1]), [sock]
+    port = sock.getsockname()[1]
+    try:
+        group = process_group.Primary(settings.processes, settings.host, port)
+    except OSError as exc:  # a read-only filesystem without a writable TMPDIR
+        _fail(f"{settings.processes} serving processes need a writable temporary directory (TMPDIR) for their metrics: {exc}", 3)
+    logger.info("serving with %d processes on port %d", settings.processes, port)
+    return group, [sock]
 
 
 if __name__ == "__main__":

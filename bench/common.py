@@ -98,11 +98,20 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def tree_rss_mb(pid: int) -> float:
-    """RSS of a process plus all its descendants (TorchServe = JVM + Python workers), MiB."""
+    """RSS of a process plus all its descendants (TorchServe = JVM + Python workers; the service's serving processes), MiB."""
     total = 0.0
     for p in [pid, *descendants(pid)]:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError, AttributeError):
             total += rss_mb(p)[0]
+    return total
+
+
+def tree_hwm_mb(pid: int) -> float:
+    """Peak RSS (VmHWM) of a process plus each of its descendants, summed, MiB: the most the tree can have held."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, AttributeError):
+            total += rss_mb(p)[1]
     return total
 
 
@@ -237,6 +246,7 @@ class Server:
     base: str
     log: Path
     ready_s: float | None = None
+    ready_all_s: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -265,7 +275,8 @@ def serve_command(host: str, port: int) -> list[str]:
 def start_service(
     env: Mapping[str, str], name: str = "service", port: int | None = None, ready_timeout: float = 60.0, module: str | None = None
 ) -> Server:
-    """Start the service with SENTIMENT_* `env` on 127.0.0.1; returns once /health/ready is 200 (ready_s = spawn -> 200).
+    """Start the service with SENTIMENT_* `env` on 127.0.0.1; returns once /health/ready is 200 (ready_s = spawn -> 200)
+    and, with several serving processes, once each of them has answered (`ready_all_s`).
 
     `module`: run `python -m module --host --port` instead of the console script (bench experiments)."""
     port = port or free_port()
@@ -283,7 +294,21 @@ def start_service(
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     server.ready_s = wait_ready(server, f"{server.base}/health/ready", started, ready_timeout)
+    server.ready_all_s = wait_all_processes(server, started, ready_timeout)
     return server
+
+
+def wait_all_processes(server: Server, started: float, timeout: float) -> float:
+    """Seconds from spawn until every serving process answered: each new connection lands on one process by its hash,
+    and each process reports when it loaded its model, so N distinct load times = N processes serving."""
+    processes = json.loads(http("GET", f"{server.base}/model")[2])["processes"]
+    seen: set[str] = set()
+    while len(seen) < processes:
+        if time.perf_counter() - started > timeout:
+            server.stop()
+            raise RuntimeError(f"{len(seen)} of {processes} serving processes answered within {timeout} s; see {server.log}")
+        seen.add(json.loads(http("GET", f"{server.base}/model")[2])["loaded_at"])
+    return time.perf_counter() - started
 
 
 def wait_ready(server: Server, url: str, started: float, timeout: float) -> float:

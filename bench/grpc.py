@@ -77,9 +77,9 @@ async def http_point(port: int, requests: list[bytes], clients: int, duration: f
 
 def measure(server: common.Server, work: object) -> dict[str, object]:
     """Run the coroutine `work`, with the client's and the server's CPU seconds around it."""
-    client0, server0 = common.cpu_seconds(os.getpid()), common.cpu_seconds(server.pid)
+    client0, server0 = common.cpu_seconds(os.getpid()), common.tree_cpu_seconds(server.pid)
     result = asyncio.run(work)  # type: ignore[arg-type]
-    client_s, server_s = common.cpu_seconds(os.getpid()) - client0, common.cpu_seconds(server.pid) - server0
+    client_s, server_s = common.cpu_seconds(os.getpid()) - client0, common.tree_cpu_seconds(server.pid) - server0
     ok = max(int(result["ok"]), 1)
     return {**result, "client_cpu_ms_per_answer": 1000 * client_s / ok, "server_cpu_ms_per_answer": 1000 * server_s / ok}
 

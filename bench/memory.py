@@ -54,7 +54,7 @@ def start(name: str, env: dict[str, str], args: argparse.Namespace) -> tuple[com
         )
         return server, f"{server.base}{server.extra['path']}", lambda: common.tree_rss_mb(server.pid)
     server = common.start_service({"SENTIMENT_MODEL_PATH": str(args.model), **env}, name=f"memory_{name}")
-    return server, f"{server.base}/predict", lambda: common.rss_mb(server.pid)[0]
+    return server, f"{server.base}/predict", lambda: common.tree_rss_mb(server.pid)  # every serving process
 
 
 def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
@@ -90,7 +90,7 @@ def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[st
             )
         time.sleep(args.idle)
         idle = rss_now()
-        peak = max(common.rss_mb(server.pid)[1], max(r["rss_max_mb"] for r in rounds))  # a peer's tree: highest sample
+        peak = max(common.tree_hwm_mb(server.pid), max(r["rss_max_mb"] for r in rounds))  # a peer's tree: highest sample
     finally:
         if name in PEERS:
             ts.stop(server)

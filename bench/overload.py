@@ -25,12 +25,12 @@ from bench.soak import capacity_from_results, probe_capacity
 
 async def burst(server: common.Server, requests: list[bytes], rate: float, seconds: float, max_in_flight: int) -> dict:
     port = int(server.base.rsplit(":", 1)[1])
-    peak = {"rss_mb": common.rss_mb(server.pid)[0], "queue": 0.0}
+    peak = {"rss_mb": common.tree_rss_mb(server.pid), "queue": 0.0}
     stop = asyncio.Event()
 
     async def sampler() -> None:
         while not stop.is_set():
-            peak["rss_mb"] = max(peak["rss_mb"], common.rss_mb(server.pid)[0])
+            peak["rss_mb"] = max(peak["rss_mb"], common.tree_rss_mb(server.pid))
             await asyncio.sleep(0.1)
 
     cpu0, t0 = common.cpu_seconds(os.getpid()), time.monotonic()
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     server = common.start_service(env, name="overload")
     result: dict = {"machine": common.machine(), "env": {k: v for k, v in env.items() if k != "SENTIMENT_MODEL_PATH"}}
     try:
-        rss_idle = common.rss_mb(server.pid)[0]
+        rss_idle = common.tree_rss_mb(server.pid)
         capacity = args.capacity or capacity_from_results() or probe_capacity(server, bodies)
         result.update({"capacity_req_s": capacity, "factor": args.factor, "rss_idle_mb": rss_idle})
         print(f"capacity {capacity:.0f} texts/s; bursts of {args.factor:.0f}x for {args.burst_seconds} s; RSS idle {rss_idle:.0f} MiB")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
                     break
                 time.sleep(0.1)
             phase["recovered_after_s"] = recovered
-            phase["rss_after_mb"] = common.rss_mb(server.pid)[0]
+            phase["rss_after_mb"] = common.tree_rss_mb(server.pid)
             result[name] = phase
             s = phase["summary"]
             print(
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
             time.sleep(2)
-        result["rss_peak_mb"] = common.rss_mb(server.pid)[1]
+        result["rss_peak_mb"] = common.tree_hwm_mb(server.pid)
     finally:
         result["exit_code"] = server.stop()
     print(f"exit {result['exit_code']}; peak RSS (VmHWM) {result.get('rss_peak_mb', 0):.0f} MiB")

@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         server = common.start_service(env, name="reload")
         stop = threading.Event()
         try:
-            ready_rss = common.rss_mb(server.pid)[0]
+            ready_rss = common.tree_rss_mb(server.pid)
             threads, statuses = clients(server.base, texts, args.clients, stop)
             time.sleep(2.0)  # the load's own working set before the first reload
-            loaded_rss = common.rss_mb(server.pid)[0]
+            loaded_rss = common.tree_rss_mb(server.pid)
             reloads: list[dict[str, object]] = []
             for k in range(args.reloads):
                 staged = Path(tmp) / "staged.pt"
@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 )
                 seconds = time.perf_counter() - started
                 time.sleep(args.settle)
-                rss = common.rss_mb(server.pid)[0]
+                rss = common.tree_rss_mb(server.pid)
                 reloads.append({"reload": k + 1, "status": status, "seconds": round(seconds, 3), "rss_mb": round(rss, 1)})
                 print(f"  reload {k + 1:2d}: {status} in {seconds:.2f} s, RSS {rss:7.1f} MiB", flush=True)
             stop.set()
             for thread in threads:
                 thread.join(timeout=60)
-            peak = common.rss_mb(server.pid)[1]
+            peak = common.tree_hwm_mb(server.pid)
         finally:
             stop.set()
             exit_code = server.stop()

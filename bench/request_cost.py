@@ -5,7 +5,8 @@
 On 2 cores every millisecond the event loop spends per request (HTTP, JSON, validation, tokenization,
 asyncio) is taken from the model, so this is the figure to cut. The main thread (tid = pid) runs the event
 loop; every other thread of the server is counted as "workers" (the model workers, and the helper threads
-that encode requests over 4 KiB of text).
+that encode requests over 4 KiB of text). With several serving processes, each one's main thread and other
+threads are counted the same way and summed.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from bench import common
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of process `pid`'s main thread ("loop") and of all its other threads ("model")."""
+    """CPU seconds of the main threads ("loop") and of all other threads ("model") of `pid` and the serving
+    processes it started (SENTIMENT_PROCESSES: each has its own event loop and model workers)."""
     out = {"model": 0.0, "loop": 0.0}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / common.CLK_TCK
-        out["loop" if task.name == str(pid) else "model"] += seconds
+    for process in [pid, *common.descendants(pid)]:
+        for task in Path(f"/proc/{process}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / common.CLK_TCK
+            out["loop" if task.name == str(process) else "model"] += seconds
     return out
 
 

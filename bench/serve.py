@@ -166,7 +166,7 @@ def bench_target(
         env = common.service_env(args, **settings)
         server = common.start_service(env, name=target)
         url = f"{server.base}/predict"
-        pid_cpu, pid_rss = common.cpu_seconds, lambda pid: common.rss_mb(pid)[0]
+        pid_cpu, pid_rss = common.tree_cpu_seconds, common.tree_rss_mb  # its serving processes (SENTIMENT_PROCESSES)
     result: dict[str, object] = {"target": target, "ready_s": server.ready_s, "started_at": t_spawn}
     try:
         result["rss_ready_mb"] = pid_rss(server.pid)
@@ -217,7 +217,7 @@ def bench_target(
         time.sleep(2)
         result["rss_idle_after_mb"] = pid_rss(server.pid)
         if target not in ANCHORS:
-            result["rss_peak_mb"] = common.rss_mb(server.pid)[1]
+            result["rss_peak_mb"] = common.tree_hwm_mb(server.pid)
     finally:
         t_stop = time.perf_counter()
         if target in ANCHORS:

@@ -45,11 +45,11 @@ async def soak(server: common.Server, requests: list[bytes], rate: float, second
     port = int(server.base.rsplit(":", 1)[1])
     t0 = time.monotonic()
     self_cpu0 = common.cpu_seconds(os.getpid())
-    srv_cpu0 = common.cpu_seconds(server.pid)
+    srv_cpu0 = common.tree_cpu_seconds(server.pid)
 
     async def sampler() -> None:
         while True:
-            rss, hwm = common.rss_mb(server.pid)
+            rss, hwm = common.tree_rss_mb(server.pid), common.tree_hwm_mb(server.pid)
             samples.append({"t": time.monotonic() - t0, "rss_mb": rss, "hwm_mb": hwm})
             await asyncio.sleep(sample_every)
 
@@ -60,7 +60,7 @@ async def soak(server: common.Server, requests: list[bytes], rate: float, second
         "127.0.0.1", port, requests, rate, seconds, max_in_flight=512, retry_stale=False, idle_timeout=PROXY_IDLE_S
     )
     task.cancel()
-    rss, hwm = common.rss_mb(server.pid)
+    rss, hwm = common.tree_rss_mb(server.pid), common.tree_hwm_mb(server.pid)
     samples.append({"t": time.monotonic() - t0, "rss_mb": rss, "hwm_mb": hwm})
     wall = time.monotonic() - t0
     # Per-minute-ish windows of p99, to see drift.
@@ -78,7 +78,7 @@ async def soak(server: common.Server, requests: list[bytes], rate: float, second
         "samples": samples,
         "windows": windows,
         "client_cores": (common.cpu_seconds(os.getpid()) - self_cpu0) / wall,
-        "server_cores": (common.cpu_seconds(server.pid) - srv_cpu0) / wall,
+        "server_cores": (common.tree_cpu_seconds(server.pid) - srv_cpu0) / wall,
     }
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     env = common.service_env(args)
     server = common.start_service(env, name="soak")
     try:
-        rss_ready = common.rss_mb(server.pid)[0]
+        rss_ready = common.tree_rss_mb(server.pid)
         capacity = args.capacity or (None if args.probe else capacity_from_results()) or probe_capacity(server, bodies)
         rate = args.load * capacity
         if args.requests:

@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
     for k in range(args.rounds):
         server = common.start_service(common.service_env(args), name=f"startup_{k}")
         try:
-            rss_ready = common.rss_mb(server.pid)[0]
+            rss_ready = common.tree_rss_mb(server.pid)
             time.sleep(3)
-            rss_idle = common.rss_mb(server.pid)[0]
+            rss_idle = common.tree_rss_mb(server.pid)
         finally:
             code = server.stop()
         rounds.append({"ready_s": server.ready_s, "rss_ready_mb": rss_ready, "rss_idle_mb": rss_idle, "exit_code": code})
