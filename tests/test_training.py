@@ -320,19 +320,24 @@ def test_the_same_run_twice_gives_the_same_weights_and_a_cached_stage_one_change
 
 
 @needs_data
-@pytest.mark.slow  # two tiny runs: ~1 min
+@pytest.mark.slow  # three tiny runs: ~1.5 min
 def test_sentence_level_levers_keep_stage_one_and_reach_stage_two_the_manifest_and_the_card(tmp_path: Path) -> None:
     """--counterfactuals / --contrast-pairs / --distill-sentences act after stage one only; off (the default) leaves no trace."""
     tiny = ["--data", str(DATA), "--cad-dir", str(DATA.parent / "cad"), "--limit", "150", "--epochs", "1", "--distill-epochs", "1"]
     tiny += ["--w2v-epochs", "1", "--embed-dim", "16", "--hidden", "8", "--vocab-size", "2000", "--batch-size", "32", "--threads", "1"]
     levers = ["--counterfactuals", "40", "--distill-sentences", "60", "--contrast-pairs", "20"]
-    for run, extra in (("off", []), ("on", levers)):
+    # "reseeded": the same levers drawn again from the same stage one (--stage-two-seed), for their run-to-run spread.
+    for run, extra in (("off", []), ("on", levers), ("reseeded", [*levers, "--stage-two-seed", "2"])):
         assert main([*tiny, *extra, "--out", str(tmp_path / run / "m.pt")]) == 0
-    off, on = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("off", "on"))
+    off, on, reseeded = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("off", "on", "reseeded"))
     stage_one_epoch = ("train_loss", "val_loss", "val_accuracy")
-    assert [off["history"][k][0] for k in stage_one_epoch] == [on["history"][k][0] for k in stage_one_epoch]
-    weights_off, weights_on = (artifact.load(tmp_path / run / "m.pt").module.state_dict() for run in ("off", "on"))
+    for other in (on, reseeded):
+        assert [off["history"][k][0] for k in stage_one_epoch] == [other["history"][k][0] for k in stage_one_epoch]
+    weights_off, weights_on, weights_reseeded = (
+        artifact.load(tmp_path / run / "m.pt").module.state_dict() for run in ("off", "on", "reseeded")
+    )
     assert not all(torch.equal(weights_off[k], weights_on[k]) for k in weights_off)
+    assert not all(torch.equal(weights_on[k], weights_reseeded[k]) for k in weights_on)
     local = on["training"]["distillation"]
     assert 0 < local["local_counterfactuals"] <= 40 and 0 < local["local_sentences"] <= 60 and 0 < local["local_contrasts"] <= 20
     assert not any(k.startswith("local_") for k in off["training"]["distillation"])

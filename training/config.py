@@ -68,6 +68,9 @@ class TrainConfig:
         0  # stage two: this many generated minimal-edit pairs of one-liners (training/counterfactuals.py), trained as pairs; 0 = off
     )
     contrast_pairs: int = 0  # stage two: this many generated "A but B" / "B but A" pairs of clauses the teacher reads oppositely (counterfactuals.contrasts); 0 = off
+    stage_two_seed: int | None = (
+        None  # stage two reseeds python/torch and draws its windows and generated pairs with this (None: --seed, the RNG as stage one leaves it, as every shipped model): the run-to-run spread of a stage-two lever, from one cached stage one
+    )
     counterfactual_pair_weight: float = 1.0  # the pairwise term's weight on those pairs (CAD's own is pair_weight)
     distill_sentences: int = 0  # stage two: this many single sentences of unlabelled reviews, labelled by the negation-scope teacher (training/negation.py); 0 = off
     teacher_cad: bool = False  # fit the n-gram teacher on the CAD pairs too: measured, won 2 of 6 dev criteria (robustness.md)

@@ -44,6 +44,7 @@ AFTER_STAGE_ONE = frozenset(
         "counterfactuals",
         "counterfactual_pair_weight",
         "contrast_pairs",
+        "stage_two_seed",
         "distill_sentences",
         "teacher_cad",
         "teacher_c",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 
 import torch
@@ -108,6 +109,10 @@ def run(
 ) -> tuple[History, dict[str, float]]:
     """Distil into `model` for `distill_rounds` rounds; each later round's BiLSTM member is the previous round's student
     (the n-gram member is fitted once). Returns every stage's history in one and the teachers' figures."""
+    if config.stage_two_seed is not None:  # a second draw of stage two from the same stage one
+        random.seed(config.stage_two_seed)
+        torch.manual_seed(config.stage_two_seed)
+        config = dataclasses.replace(config, seed=config.stage_two_seed)
     # the windows join the unlabelled reviews: the teacher labels them and the student learns them alike
     transfer = splits.unsup_tokens + windows.windows(splits.unsup_tokens, config.distill_windows, config.seed)
     if config.distill_windows:
