@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="Serving processes sharing the port (SO_REUSEPORT), each with its own model and workers; 0 = auto: 1 on "
-        "CUDA, on CPU 2 where there are 2 cores or more (one process's GIL holds it at ~1.6 of 2 cores; two answer 20-35 % "
+        "CUDA, on CPU 2 where there are 2 cores or more (one process's GIL holds it at ~1.6 of 2 cores; two answer 18-48 % "
         "more). Each has its own queue and limits (max_queue, max_in_flight, max_connections...: per process).",
     )
     model_workers: int = Field(

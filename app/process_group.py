@@ -2,7 +2,7 @@
 
 On the 2-core box one process keeps ~1.6 cores busy at saturation: its event loop (HTTP, JSON, tokenizing) and
 its model workers take turns at one GIL. Two processes with one model worker each keep ~1.95 busy and answer
-20-35 % more (docs/benchmarks.md, "Serving processes").
+18-48 % more (docs/benchmarks.md, "Serving processes and precision").
 
 The process the operator starts is the *primary*. It serves like the others and spawns the *secondaries*: the same
 command with `--group-fd`, each loading the model itself (no fork after torch has started threads). Every process

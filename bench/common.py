@@ -106,6 +106,16 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
+def tree_pss_mb(pid: int) -> float:
+    """PSS of a process plus its descendants, MiB: pages they share (torch's libraries, mapped by every serving
+    process) counted once in all, where summed RSS counts them once per process."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, AttributeError, PermissionError):
+            total += int(re.search(r"^Pss:\s+(\d+)", Path(f"/proc/{p}/smaps_rollup").read_text(), re.M).group(1)) / 1024  # type: ignore[union-attr]
+    return total
+
+
 def tree_hwm_mb(pid: int) -> float:
     """Peak RSS (VmHWM) of a process plus each of its descendants, summed, MiB: the most the tree can have held."""
     total = 0.0
