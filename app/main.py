@@ -135,7 +135,7 @@ def cli(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", help="interface to listen on (default SENTIMENT_HOST or 0.0.0.0)")
     parser.add_argument("--port", type=int, help="TCP port (default SENTIMENT_PORT or 8000)")
-    parser.add_argument("--group-fd", type=int, help=argparse.SUPPRESS)  # a secondary's pipe to its primary (app/process_group.py)
+    parser.add_argument("--group", help=argparse.SUPPRESS)  # a secondary's "FD:PID": its pipe to its primary, and the primary
     args = parser.parse_args(argv)
     # SIGTERM while loading exits at once; after a graceful shutdown uvicorn re-raises it: exit 0, not "killed".
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
@@ -155,7 +155,7 @@ def cli(argv: list[str] | None = None) -> None:
         artifact = artifact_io.load(settings.model_path, device, settings.precision)
     except (ArtifactError, DeviceUnavailable) as exc:
         _fail(str(exc), 1)
-    group, sockets = _group(settings, args.group_fd)
+    group, sockets = _group(settings, args.group)
     try:
         app = create_app(settings, artifact=artifact)
     except ImportError as exc:
@@ -191,24 +191,25 @@ def cli(argv: list[str] | None = None) -> None:
         raise SystemExit(3)  # start-up failed; uvicorn logged why
 
 
-def _group(settings: Settings, group_fd: int | None) -> tuple[process_group.Group | None, list[socket.socket] | None]:
-    """This process's part in a group of serving processes and its own listener; (None, None) when it serves alone."""
+def _group(settings: Settings, secondary_of: str | None) -> tuple[process_group.Group | None, list[socket.socket] | None]:
+    """This process's part in a group of serving processes and its own listener; (None, None) when it serves alone.
+
+    `secondary_of` is the hidden `--group FD:PID` the primary gives its secondaries; None in the primary."""
     if settings.processes == 1:
         return None, None
-    primary = group_fd is None
     try:
-        sock = process_group.bind(settings.host, settings.port, check_free=primary)
+        sock = process_group.bind(settings.host, settings.port, check_free=secondary_of is None)
     except OSError as exc:
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc}", 3)
-    if not primary:
-        return process_group.Secondary(group_fd), [sock]
+    if secondary_of is not None:
+        return process_group.Secondary(secondary_of), [sock]
     port = sock.getsockname()[1]
     try:
-        group = process_group.Primary(settings.processes, settings.host, port)
+        primary = process_group.Primary(settings.processes, settings.host, port)
     except OSError as exc:  # a read-only filesystem without a writable TMPDIR
         _fail(f"{settings.processes} serving processes need a writable temporary directory (TMPDIR) for their metrics: {exc}", 3)
     logger.info("serving with %d processes on port %d", settings.processes, port)
-    return group, [sock]
+    return primary, [sock]
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ its model workers take turns at one GIL. Two processes with one model worker eac
 18-48 % more (docs/benchmarks.md, "Serving processes and precision").
 
 The process the operator starts is the *primary*. It serves like the others and spawns the *secondaries*: the same
-command with `--group-fd`, each loading the model itself (no fork after torch has started threads). Every process
+command with `--group FD:PID`, each loading the model itself (no fork after torch has started threads). Every process
 binds its own SO_REUSEPORT socket, so the kernel spreads connections evenly over them; the primary first checks
 that nothing else holds the port, which SO_REUSEPORT alone would not report.
 
@@ -107,7 +107,8 @@ class Primary:
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        child = subprocess.Popen([*self._command, "--group-fd", str(self._pipe_w)], pass_fds=(self._pipe_w,), start_new_session=True)
+        group = f"{self._pipe_w}:{os.getpid()}"  # the pipe, and whom to outlive no longer
+        child = subprocess.Popen([*self._command, "--group", group], pass_fds=(self._pipe_w,), start_new_session=True)
         self._children[index], self._started[index] = child, time.monotonic()
         logger.info("secondary %d started (pid %d)", index, child.pid)
 
@@ -175,9 +176,11 @@ class Primary:
 class Secondary:
     """A secondary's side: ask the primary to reload the others, notice when the primary is gone."""
 
-    def __init__(self, pipe_fd: int) -> None:
-        self._pipe = pipe_fd
-        self._primary = os.getppid()
+    def __init__(self, group: str) -> None:
+        """`group` is "FD:PID": the pipe to the primary and its pid, given by the primary, since a primary killed while
+        this process was still loading would otherwise leave it to record its new parent as its primary."""
+        fd, _, pid = group.partition(":")
+        self._pipe, self._primary = int(fd), int(pid)
 
     def signal(self, sig: int) -> None:
         """Nothing to forward: the secondary has no children."""

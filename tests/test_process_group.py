@@ -131,3 +131,23 @@ def test_a_port_held_by_another_server_is_refused_not_shared(tiny_model_path: Pa
         done = subprocess.run([*serve_command(), "--port", str(port)], env=env, capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert done.returncode == 3, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_secondary_whose_primary_died_while_it_was_loading_drains_once_started(tiny_model_path: Path, tmp_path: Path) -> None:
+    """The primary is killed before its secondary has loaded the model: the secondary must not take its new parent for
+    its primary and serve on, orphaned, for ever."""
+    env = server_env(tiny_model_path, SENTIMENT_HOST="127.0.0.1", SENTIMENT_PROCESSES="2", SENTIMENT_DRAIN_DELAY_S="0")
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        primary = subprocess.Popen(
+            [*serve_command(), "--port", str(free_port())], env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+    try:
+        _wait(lambda: primary.poll() is None and len(_children(primary.pid)) == 1, 60, log.read_text())
+        (secondary,) = _children(primary.pid)
+    finally:
+        primary.kill()
+        primary.wait()
+    _wait(lambda: not _alive(secondary), 60, f"the secondary outlived its primary\n{log.read_text()}")
+    assert "the primary serving process is gone: draining" in log.read_text()
