@@ -116,17 +116,17 @@ class Primary:
         """Forward `sig` to every live secondary; SIGTERM and SIGINT also stop restarts."""
         if sig in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
-        for child in self._children.values():
-            if child is not None and child.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(sig)
+        self._send(sig)
 
     def reload_others(self, origin: int | None = None) -> None:
         """SIGHUP every secondary but `origin` (the pid that reloaded itself and asked)."""
+        self._send(signal.SIGHUP, but=origin)
+
+    def _send(self, sig: int, but: int | None = None) -> None:
         for child in self._children.values():
-            if child is not None and child.pid != origin and child.poll() is None:
+            if child is not None and child.pid != but and child.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signal.SIGHUP)
+                    child.send_signal(sig)
 
     def tick(self) -> bool:
         """From the server's tick (10 Hz): reloads asked through the pipe, and dead secondaries; False: keep serving."""

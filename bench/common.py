@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,40 +97,39 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return rss / 1024, hwm / 1024
 
 
+def tree_sum(pid: int, measure: Callable[[int], float], *, gone: tuple[type[Exception], ...] = ()) -> float:
+    """`measure(p)` summed over a process and all its descendants (TorchServe = JVM + Python workers; the service's
+    serving processes), skipping a process that exits meanwhile (and what `gone` adds)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, *gone):
+            total += measure(p)
+    return total
+
+
 def tree_rss_mb(pid: int) -> float:
-    """RSS of a process plus all its descendants (TorchServe = JVM + Python workers; the service's serving processes), MiB."""
-    total = 0.0
-    for p in [pid, *descendants(pid)]:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, AttributeError):
-            total += rss_mb(p)[0]
-    return total
-
-
-def tree_pss_mb(pid: int) -> float:
-    """PSS of a process plus its descendants, MiB: pages they share (torch's libraries, mapped by every serving
-    process) counted once in all, where summed RSS counts them once per process."""
-    total = 0.0
-    for p in [pid, *descendants(pid)]:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, AttributeError, PermissionError):
-            total += int(re.search(r"^Pss:\s+(\d+)", Path(f"/proc/{p}/smaps_rollup").read_text(), re.M).group(1)) / 1024  # type: ignore[union-attr]
-    return total
+    """RSS of a process tree, MiB."""
+    return tree_sum(pid, lambda p: rss_mb(p)[0], gone=(AttributeError,))
 
 
 def tree_hwm_mb(pid: int) -> float:
-    """Peak RSS (VmHWM) of a process plus each of its descendants, summed, MiB: the most the tree can have held."""
-    total = 0.0
-    for p in [pid, *descendants(pid)]:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, AttributeError):
-            total += rss_mb(p)[1]
-    return total
+    """Peak RSS (VmHWM) of each process of a tree, summed, MiB: the most the tree can have held."""
+    return tree_sum(pid, lambda p: rss_mb(p)[1], gone=(AttributeError,))
+
+
+def pss_mb(pid: int) -> float:
+    """PSS in MiB from /proc/<pid>/smaps_rollup: pages shared with other processes count in part."""
+    return int(re.search(r"^Pss:\s+(\d+)", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.M).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def tree_pss_mb(pid: int) -> float:
+    """PSS of a process tree, MiB: pages they share (torch's libraries, mapped by every serving process) counted once
+    in all, where summed RSS counts them once per process."""
+    return tree_sum(pid, pss_mb, gone=(AttributeError, PermissionError))
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in [pid, *descendants(pid)]:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            total += cpu_seconds(p)
-    return total
+    return tree_sum(pid, cpu_seconds)
 
 
 def descendants(pid: int) -> list[int]:
