@@ -152,10 +152,12 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         device = resolve_device(settings.device)
         settings = process_group.share(settings, process_group.resolve(settings.processes, device))
-        artifact = artifact_io.load(settings.model_path, device, settings.precision)
+        forks = args.group is None and settings.processes > 1 and device.type == "cpu"
+        with process_group.one_torch_thread(forks):  # no thread pool may exist at the fork; the secondaries share the weights
+            artifact = artifact_io.load(settings.model_path, device, settings.precision)
     except (ArtifactError, DeviceUnavailable) as exc:
         _fail(str(exc), 1)
-    group, sockets = _group(settings, args.group)
+    group, sockets = _group(settings, args.group, forks)
     try:
         app = create_app(settings, artifact=artifact)
     except ImportError as exc:
@@ -191,10 +193,11 @@ def cli(argv: list[str] | None = None) -> None:
         raise SystemExit(3)  # start-up failed; uvicorn logged why
 
 
-def _group(settings: Settings, secondary_of: str | None) -> tuple[process_group.Group | None, list[socket.socket] | None]:
+def _group(settings: Settings, secondary_of: str | None, forks: bool) -> tuple[process_group.Group | None, list[socket.socket] | None]:
     """This process's part in a group of serving processes and its own listener; (None, None) when it serves alone.
 
-    `secondary_of` is the hidden `--group FD:PID` the primary gives its secondaries; None in the primary."""
+    `secondary_of` is the hidden `--group FD:PID` the primary gives the secondaries it spawns; None in the primary.
+    With `forks`, the primary forks its secondaries here, and each returns from this call a second time as one."""
     if settings.processes == 1:
         return None, None
     try:
@@ -208,6 +211,10 @@ def _group(settings: Settings, secondary_of: str | None) -> tuple[process_group.
         primary = process_group.Primary(settings.processes, settings.host, port)
     except OSError as exc:  # a read-only filesystem without a writable TMPDIR
         _fail(f"{settings.processes} serving processes need a writable temporary directory (TMPDIR) for their metrics: {exc}", 3)
+    if forks and (forked := primary.fork(settings.host, port)) is not None:
+        sock.close()  # the primary's; this secondary listens on its own
+        secondary, own = forked
+        return secondary, [own]
     logger.info("serving with %d processes on port %d", settings.processes, port)
     return primary, [sock]
 

@@ -125,6 +125,8 @@ class Metrics:
             self.model_info.labels(*self._model).set(0)
         self._model = (name, version, device)
         self.model_info.labels(*self._model).set(1)
+        if self.shared:  # each process's RSS series reads its memory with the model loaded, before its first batch
+            self._sample_rss()
 
     def observe_reload(self, ok: bool) -> None:
         self.model_reloads.labels("ok" if ok else "error").inc()

@@ -4,10 +4,14 @@ On the 2-core box one process keeps ~1.6 cores busy at saturation: its event loo
 its model workers take turns at one GIL. Two processes with one model worker each keep ~1.95 busy and answer
 18-48 % more (docs/benchmarks.md, "Serving processes and precision").
 
-The process the operator starts is the *primary*. It serves like the others and spawns the *secondaries*: the same
-command with `--group FD:PID`, each loading the model itself (no fork after torch has started threads). Every process
-binds its own SO_REUSEPORT socket, so the kernel spreads connections evenly over them; the primary first checks
-that nothing else holds the port, which SO_REUSEPORT alone would not report.
+The process the operator starts is the *primary*. It serves like the others and starts the *secondaries*. On the CPU
+it forks them once its code is imported and its model loaded (on one torch thread), before any thread pool or event
+loop runs: they share those pages copy-on-write (`import torch` alone is ~140 MiB of anonymous memory per process),
+so a group of two holds far less than twice one process's memory. A secondary restarted later, when the primary runs
+threads, is spawned instead (the same command with `--group FD:PID`, loading everything itself), as are secondaries
+on CUDA, where a fork must not follow the runtime's start. Every process binds its own SO_REUSEPORT socket, so the
+kernel spreads connections over them; the primary first checks that nothing else holds the port, which SO_REUSEPORT
+alone would not report.
 
 The primary is the group's one address for signals. It forwards SIGTERM / SIGINT (drain) and SIGHUP (reload),
 restarts a secondary that dies while serving, and waits for all of them before it exits. Secondaries run in their
@@ -21,6 +25,7 @@ the scrape.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -29,8 +34,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -64,6 +70,21 @@ def share(settings: Settings, processes: int) -> Settings:
     return settings.model_copy(update={"processes": processes})
 
 
+@contextlib.contextmanager
+def one_torch_thread(active: bool) -> Iterator[None]:
+    """Run the block on one torch thread when `active`: a model load before a fork must not start torch's thread pool,
+    which a forked child would inherit without its threads (and hang in its first parallel region)."""
+    if not active:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def bind(host: str, port: int, *, check_free: bool) -> socket.socket:
     """A SO_REUSEPORT socket bound to (host, port); `check_free` first proves no other server listens there.
 
@@ -85,8 +106,37 @@ def bind(host: str, port: int, *, check_free: bool) -> socket.socket:
     return sock
 
 
+class Forked:
+    """A forked secondary behind the part of `subprocess.Popen`'s interface the primary uses for spawned ones."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+            time.sleep(0.02)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 class Primary:
-    """The primary's side: spawn, signal, restart and wait for the secondaries; fan reloads out."""
+    """The primary's side: start, signal, restart and wait for the secondaries; fan reloads out."""
 
     def __init__(self, count: int, host: str, port: int) -> None:
         self.count = count
@@ -96,15 +146,35 @@ class Primary:
         share_across_processes(self._metrics_dir)  # before the app builds its collectors; secondaries inherit it
         self._pipe_r, self._pipe_w = os.pipe()  # secondaries write their pid here to reload the group
         os.set_blocking(self._pipe_r, False)
-        self._children: dict[int, subprocess.Popen[bytes] | None] = {}  # index -> process (None: waiting to restart)
+        self._children: dict[int, subprocess.Popen[bytes] | Forked | None] = {}  # index -> process (None: waiting to restart)
         self._started: dict[int, float] = {}
         self._restart_at: dict[int, float] = {}
         self._delay: dict[int, float] = {}
         self.stopping = False
 
-    def start(self) -> None:
+    def fork(self, host: str, port: int) -> tuple[Secondary, socket.socket] | None:
+        """Fork the secondaries if this process may: on the CPU, with no Python thread but this one and no torch thread
+        pool started (the caller's duty: `one_torch_thread`). Returns (the group, a socket of its own) in each child,
+        None here. numpy's OpenBLAS thread, the one native thread `import torch` starts, is shut down and restarted
+        around the fork by OpenBLAS itself."""
+        if threading.active_count() > 1:
+            return None
+        gc.freeze()  # the imported objects stay out of the collector's scans, which would dirty their shared pages
         for index in range(1, self.count):
-            self._spawn(index)
+            pid = os.fork()
+            if pid == 0:
+                os.setsid()  # as a spawned secondary: Ctrl-C in the terminal reaches the primary only
+                os.close(self._pipe_r)
+                return Secondary(f"{self._pipe_w}:{os.getppid()}"), bind(host, port, check_free=False)
+            self._children[index], self._started[index] = Forked(pid), time.monotonic()
+            logger.info("secondary %d forked (pid %d)", index, pid)
+        return None
+
+    def start(self) -> None:
+        """Spawn the secondaries `fork` did not start."""
+        for index in range(1, self.count):
+            if index not in self._children:
+                self._spawn(index)
 
     def _spawn(self, index: int) -> None:
         group = f"{self._pipe_w}:{os.getpid()}"  # the pipe, and whom to outlive no longer
@@ -143,7 +213,7 @@ class Primary:
                 self._died(index, child, now)
         return False
 
-    def _died(self, index: int, child: subprocess.Popen[bytes], now: float) -> None:
+    def _died(self, index: int, child: subprocess.Popen[bytes] | Forked, now: float) -> None:
         process_died(child.pid)
         self._children[index] = None
         if self.stopping:

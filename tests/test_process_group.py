@@ -42,6 +42,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _shared_anonymous(pid: int) -> float:
+    """The part of a process's anonymous memory it shares with others (copy-on-write pages of a fork): 1 - PSS / RSS."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return 1 - int(fields["Pss_Anon"].split()[0]) / int(fields["Anonymous"].split()[0])
+
+
 def _fresh(base: str, path: str) -> httpx.Response:
     """One request on a new connection: the kernel picks the process by the connection's hash."""
     with httpx.Client(base_url=base, timeout=10) as http:
@@ -109,11 +115,13 @@ def test_a_dead_secondary_is_replaced_and_one_without_its_primary_drains(tiny_mo
         base = f"http://127.0.0.1:{port}"
         _wait(lambda: len(_loaded_at(base)) == 2, 60, "the secondary never answered")
         (first,) = _children(process.pid)
+        assert _shared_anonymous(first) > 0.3, "a forked secondary shares the primary's imported code and model"
         os.kill(first, signal.SIGKILL)
         _wait(lambda: len(_children(process.pid)) == 1 and _children(process.pid) != [first], 30, log.read_text())
         (second,) = _children(process.pid)
         _wait(lambda: len(_loaded_at(base)) == 2, 60, "the new secondary never answered")
         assert "secondary 1 (pid" in log.read_text()
+        assert _shared_anonymous(second) < 0.1, "a restart is spawned: the primary has threads by then, so no fork"
 
         process.kill()  # the primary dies without passing anything on
         process.wait()

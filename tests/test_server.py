@@ -131,14 +131,14 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(tiny_model_path: Pat
         print(f"ready after {ready_after:.2f} s, idle RSS {[round(r / 2**20) for r in rss]} MiB")
         assert rss and max(rss) < 400 * 2**20
 
-        # Enough work per request (long texts to encode, 250 forwards) to be surely in flight at SIGTERM:
-        # with the dense route and the fast lane, 150 short texts could all finish before the signal.
+        # Enough work per request (long texts to encode, 250 forwards and backwards: explained) to be surely in flight
+        # at SIGTERM: with the dense route and the fast lane, 250 plain forwards can finish before the signal.
         n_requests, n_texts = 4, 250
         filler = " the plot" * 100  # dropped by head+tail truncation, but tokenized: ~1 kB per text
         texts = [f"{'great ' * (i % 4 + 1)}film{filler} {'awful ' * (i % 3)}" for i in range(n_texts)]
 
         def post(_: int) -> tuple[int, int, float]:
-            response = httpx.post(f"{base}/predict", json={"texts": texts}, timeout=60)
+            response = httpx.post(f"{base}/predict", json={"texts": texts, "explain": True}, timeout=60)
             return response.status_code, len(response.json().get("predictions", [])), time.monotonic()
 
         with ThreadPoolExecutor(n_requests) as pool:
@@ -281,7 +281,9 @@ def _early_answer(port: int, head: bytes, body_size: int) -> tuple[bytes, int]:
 
 def test_answers_sent_before_the_body_is_read_reach_a_client_still_sending(tiny_model_path: Path, tmp_path: Path) -> None:
     size = 8 << 20  # far more than the socket buffers hold: the server must read it for the client to finish
-    with running_server(tiny_model_path, tmp_path, SENTIMENT_MAX_BODY_BYTES="100000", SENTIMENT_MAX_IN_FLIGHT="1") as (_, port, _):
+    # One process: the in-flight limit is per process, and a second would take the next request elsewhere.
+    limits = {"SENTIMENT_MAX_BODY_BYTES": "100000", "SENTIMENT_MAX_IN_FLIGHT": "1", "SENTIMENT_PROCESSES": "1"}
+    with running_server(tiny_model_path, tmp_path, **limits) as (_, port, _):
         too_large = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % size
         received, sent = _early_answer(port, too_large, size)
         assert sent == size and received.startswith(b"HTTP/1.1 413 ") and b'"payload_too_large"' in received, received[:300]
