@@ -190,6 +190,7 @@ class ModelInfo(BaseModel):
         description="The robustness holdout left out of training (sha256 of the list, reviews listed and dropped); empty if it was not.",
     )
     loaded_at: str = Field(description="When this process loaded the model (ISO 8601, UTC): changes with each reload.")
+    pid: int = Field(description="The serving process that answered, one of `processes` (its id, as in /metrics' pid label).")
 
 
 class ReloadResponse(BaseModel):

@@ -309,14 +309,14 @@ def start_service(
 
 def wait_all_processes(server: Server, started: float, timeout: float) -> float:
     """Seconds from spawn until every serving process answered: each new connection lands on one process by its hash,
-    and each process reports when it loaded its model, so N distinct load times = N processes serving."""
+    and /model names the process that answers."""
     processes = json.loads(http("GET", f"{server.base}/model")[2])["processes"]
-    seen: set[str] = set()
+    seen: set[int] = set()
     while len(seen) < processes:
         if time.perf_counter() - started > timeout:
             server.stop()
             raise RuntimeError(f"{len(seen)} of {processes} serving processes answered within {timeout} s; see {server.log}")
-        seen.add(json.loads(http("GET", f"{server.base}/model")[2])["loaded_at"])
+        seen.add(json.loads(http("GET", f"{server.base}/model")[2])["pid"])
     return time.perf_counter() - started
 
 

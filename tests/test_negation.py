@@ -76,29 +76,20 @@ def test_generated_pairs_cross_the_teacher_and_come_in_every_kind() -> None:
 
 
 def test_scope_stops_after_a_few_tokens_when_no_punctuation_ends_it() -> None:
-    marked = mark("i do not know how they made this with such a terrible script")
-    assert marked[3:8] == ["NOT_know", "NOT_how", "NOT_they", "NOT_made", "NOT_this"] and "terrible" in marked
+    marked = mark("i did not expect the story to be this long with such a terrible script")
+    assert marked[3:9] == ["NOT_expect", "NOT_the", "NOT_story", "NOT_to", "NOT_be", "this"] and "terrible" in marked
     assert mark("I don't think the film was good") == ["i", "don't", "NOT_think", "NOT_the", "NOT_film", "NOT_was", "NOT_good"]
 
 
-def test_contrast_pairs_swap_two_clauses_read_oppositely_and_the_later_one_decides() -> None:
-    texts = [
-        "The cast was great and funny. And then it was good.",
-        "The plot was boring and bad. It was not great at all.",
-        "I loved the film so much. The plot was bad, boring.",
-        "What a great good film!",
-        "So the plot was bad and boring.",
-    ] * 4
+def test_a_wh_clause_ends_the_scope_and_not_only_negates_nothing() -> None:
+    assert mark("I can't believe how bad it was") == ["i", "can't", "NOT_believe", "how", "bad", "it", "was"]
+    assert mark("not only good but great") == ["not", "only", "good", "but", "great"]
     lex = lexicon()
-    pairs = counterfactuals.contrasts(texts, lex, 6, seed=0)
-    assert len(pairs) == 6 and {p.kind for p in pairs} == {"contrast"}
-    for p in pairs:
-        cut = p.original.index("but")
-        first, later = p.original[:cut], p.original[cut + 1 :]
-        assert p.edited == [*later, "but", *first]  # the same two clauses, order swapped
-        assert (lex.logit([later]) > 0) == bool(p.label) and (lex.logit([first]) > 0) != bool(p.label)
-        assert not any(negation.is_cue(t) for t in p.original)  # a negation would make its scope the lesson
-        assert first[0] not in counterfactuals.CONNECTIVES and later[0] not in counterfactuals.CONNECTIVES
-    assert {p.label for p in pairs} == {0, 1}
-    assert pairs == counterfactuals.contrasts(texts, lex, 6, seed=0)  # seeded
-    assert counterfactuals.contrasts(["Only good things. Great, great fun."] * 5, lex, 4, seed=0) == []  # one side only
+    assert lex.logit(clauses("Words can't describe how bad this film is.")) < 0
+    assert lex.logit(clauses("It was not only funny, it was great.")) > 0
+
+
+def test_an_idiom_keeps_its_sign_under_negation_and_other_words_flip() -> None:
+    lex = ScopeLexicon({"waste": -2.4, "bad": -1.5, "time": 0.0}, {"waste": 1000, "bad": 1000}, reviews=1000, scale=1.0)
+    assert lex.logit(clauses("Don't waste your time.")) < 0 < lex.logit(clauses("Not bad."))
+    assert lex.logit(clauses("Don't waste your time.")) == lex.logit(clauses("Waste of time."))

@@ -54,9 +54,9 @@ def _fresh(base: str, path: str) -> httpx.Response:
         return http.get(path)
 
 
-def _loaded_at(base: str, n: int = 24) -> set[str]:
-    """When each process answering `n` new connections loaded its model: one value per process seen."""
-    return {_fresh(base, "/model").json()["loaded_at"] for _ in range(n)}
+def _loaded_at(base: str, n: int = 24) -> dict[int, str]:
+    """pid -> when it loaded its model, for each process answering `n` new connections."""
+    return {(m := _fresh(base, "/model").json())["pid"]: m["loaded_at"] for _ in range(n)}
 
 
 def _metric(text: str, name: str, labels: str = "") -> list[float]:
@@ -88,6 +88,7 @@ def test_two_processes_serve_one_port_count_as_one_and_reload_together(tiny_mode
         base = f"http://127.0.0.1:{port}"
         _wait(lambda: len(_loaded_at(base)) == 2, 60, "the secondary never answered")
         assert _fresh(base, "/model").json()["processes"] == 2
+        before = _loaded_at(base)
         answers = [httpx.post(f"{base}/predict", json={"text": f"a wonderful film {i}"}) for i in range(30)]
         assert {a.status_code for a in answers} == {200}
         text = _fresh(base, "/metrics").text
@@ -100,7 +101,8 @@ def test_two_processes_serve_one_port_count_as_one_and_reload_together(tiny_mode
         ok = '{result="ok"}'
         _wait(lambda: _metric(_fresh(base, "/metrics").text, "sentiment_model_reloads_total", ok) == [2.0], 30, log.read_text())
         versions = {_fresh(base, "/model").json()["version"] for _ in range(24)}
-        assert versions == {"0.0.2"} and len(_loaded_at(base)) == 2
+        after = _loaded_at(base)
+        assert versions == {"0.0.2"} and after.keys() == before.keys() and all(after[p] != before[p] for p in after)
 
         reloaded = httpx.post(f"{base}/admin/reload", headers=ADMIN)  # one process answers, the other follows
         assert reloaded.status_code == 200

@@ -7,7 +7,8 @@ a negation cue, up to the end of the clause, a word counts with its sign flipped
 
 `ScopeLexicon` is that teacher. Each word's polarity is its log ratio of document frequencies in positive vs negative
 train reviews, counted only where the word is *outside* any negation scope (so "bad" in "not bad" does not dilute
-"bad"). A sentence's score is the sum of its words' polarities, flipped inside a scope, with clauses before a "but"
+"bad"). A sentence's score is the sum of its words' polarities, flipped inside a scope (except a few idioms, KEEPS_SIGN:
+"don't waste your time"), with clauses before a "but"
 (and clauses opened by "although") at half weight; one logistic scale, fitted on train sentences with their
 review's label (modelling that label's noise), turns the score into a logit. It is a weak reader of reviews but a consistent reader of
 negation, which is what it is used for: labelling single sentences (`distill_sentences`) and checking generated
@@ -30,6 +31,15 @@ from contract.text import tokenize
 CUES = frozenset({"not", "no", "never", "nothing", "none", "nobody", "nowhere", "neither", "nor", "cannot", "without", "hardly", "barely"})
 CONTRAST = frozenset({"but", "however", "yet"})  # what follows outweighs what came before
 CONCESSIVE = frozenset({"although", "though", "whereas", "despite"})  # the clause they open is outweighed
+# An embedded wh-clause is out of a negation's reach: "I can't believe how bad it was" is bad, not "not bad".
+SCOPE_ENDS = frozenset({"how", "what", "why", "who", "whom", "whose", "when", "where", "which", "whether"})
+ADDITIVE = frozenset({"only", "just", "merely", "simply"})  # "not only good but ..." adds, it does not negate
+# Words a negation does not flip: idioms whose negated form reviews use on the word's own side ("don't waste your
+# time", "nothing could save it", "there is no excuse", "it couldn't be worse", "I want those minutes back"). Each is
+# on its own side inside a scope in train reviews too (in-scope log ratios -1.5 to -2.6). A rule from those counts
+# alone would also keep "worst", "perfect" or "terrible", whose negations reviews use on the word's side ("not the
+# worst of the series, but ...") while a sentence alone reads them flipped, so the list is written by hand.
+KEEPS_SIGN = frozenset({"waste", "wasted", "wasting", "save", "excuse", "worse", "money", "minutes", "hours"})
 POLAR_MIN_SHARE = 0.009  # of the reviews a word an edit or selection hinges on is in (200 of IMDb's 22k): a word of judgement, not a name
 SENTENCE_LABEL_NOISE = 0.18  # share of review sentences that do not read as their review's label (short_texts.py's hand check)
 CONFIDENT = 0.7  # a distilled sentence's teacher P is beyond this or below 1 - it: teach where the teacher is sure
@@ -55,11 +65,14 @@ def clauses(text: str) -> list[list[str]]:
 
 
 def scope(clause: Sequence[str]) -> list[bool]:
-    """Per token: inside a negation's scope (the SCOPE_MAX tokens after a cue, within the clause). A second cue extends it."""
+    """Per token: inside a negation's scope (the SCOPE_MAX tokens after a cue, within the clause, up to a wh-word). A
+    second cue extends it; a cue before "only" / "just" opens none."""
     left, out = 0, []
-    for token in clause:
+    for i, token in enumerate(clause):
+        cue = is_cue(token) and not (i + 1 < len(clause) and clause[i + 1] in ADDITIVE)
+        left = 0 if token in SCOPE_ENDS else left
         out.append(left > 0 and not is_cue(token))
-        left = SCOPE_MAX if is_cue(token) else left - 1
+        left = SCOPE_MAX if cue else left - 1
     return out
 
 
@@ -87,6 +100,11 @@ class ScopeLexicon:
     docs: dict[str, int]  # reviews holding the word outside a scope
     reviews: int  # reviews the counts come from
     scale: float = 1.0  # score -> logit
+
+    @staticmethod
+    def sign(token: str, inside: bool) -> int:
+        """-1 where a negation's scope flips `token`, else 1 (outside a scope, or a word in KEEPS_SIGN)."""
+        return -1 if inside and token not in KEEPS_SIGN else 1
 
     @classmethod
     def fit(cls, texts: Sequence[str], labels: Sequence[int], min_docs: int = 20, seed: int = 0) -> ScopeLexicon:
@@ -130,7 +148,7 @@ class ScopeLexicon:
         total = 0.0
         for clause, weight in zip(parts, weights(parts), strict=True):
             for token, inside in zip(clause, scope(clause), strict=True):
-                total += weight * (-1 if inside else 1) * self.polarity.get(token, 0.0)
+                total += weight * self.sign(token, inside) * self.polarity.get(token, 0.0)
         return total
 
     def logit(self, parts: Sequence[Sequence[str]]) -> float:
@@ -167,7 +185,9 @@ def labelled_sentences(texts: Sequence[str], lexicon: ScopeLexicon, count: int, 
             tokens = [t for part in parts for t in part]
             if not 2 <= len(tokens) <= 25:
                 continue
-            negated = any(s and lexicon.polar(t, 0.7) for part in parts for t, s in zip(part, scope(part), strict=True))
+            negated = any(
+                lexicon.sign(t, s) < 0 and lexicon.polar(t, 0.7) for part in parts for t, s in zip(part, scope(part), strict=True)
+            )
             if wanted[negated] <= 0 or not any(lexicon.polar(t, 0.7) for t in tokens):
                 continue
             p = 1 / (1 + math.exp(-lexicon.logit(parts)))

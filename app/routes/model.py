@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request
 
 from app.dependencies import service_of
@@ -33,4 +35,5 @@ async def model_info(request: Request) -> ModelInfo:
         metrics=manifest.metrics,
         holdout=manifest.holdout,
         loaded_at=runner.loaded_at,
+        pid=os.getpid(),
     )
