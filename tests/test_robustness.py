@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training import cad, data, short_texts
-from training.evaluate import robustness
+from training.evaluate import flips, robustness
 from training.holdout import Holdout
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -98,3 +98,14 @@ def test_robustness_counts_pairs_right_only_when_both_members_are() -> None:
     assert result["cad_dev_revised"]["accuracy"] == pytest.approx(2 / 3)
     assert result["cad_dev_pairs"] == {"both_right": pytest.approx(2 / 3), "n": 3}
     assert result["short_text"]["accuracy"] == pytest.approx(1.0)
+
+
+def test_flips_name_what_each_model_gets_right_alone_and_count_negations() -> None:
+    texts = {"short_text": ["Don't waste your time.", "A great film.", "Not bad at all.", "Dull."]}
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    ours = {"short_text": (torch.tensor([0.9, 0.8, 0.7, 0.6]), y)}  # wrong on 0 and 3
+    theirs = {"short_text": (torch.tensor([0.1, 0.2, 0.3, 0.4]), y)}  # wrong on 1 and 2
+    result = flips(ours, theirs, texts)["short_text"]
+    assert (result["lost"], result["lost_with_negation"], result["won"], result["won_with_negation"]) == (2, 1, 2, 1)
+    assert [row["text"] for row in result["lost_texts"]] == ["Don't waste your time.", "Dull."]
+    assert result["lost_texts"][0] == {"text": "Don't waste your time.", "label": 0, "p": 0.9, "p_other": 0.1}

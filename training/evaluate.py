@@ -7,6 +7,9 @@ pair right), the short-text set built from validation reviews, each with
 ECE, and the behavioural suite's pass rates per capability on both halves
 (`training/behaviour.py`): IMDb test alone hides how brittle a model is off its own distribution.
 
+`--against OTHER` also lists, per CAD dev and short-text set, what each of the two models gets right alone and how
+many of those texts hold a negation (where a lever's cost on a set comes from).
+
 `--precision bf16` (or `auto` where it resolves to bf16) also runs every set
 through the file's bf16 route and prints its accuracy contract against fp32
 (`bf16` in the output; exit code 1 when a bound is missed): label agreement on
@@ -30,7 +33,8 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 from contract import artifact
 from contract.device import resolve_precision
 from contract.predictor import Predictor
-from training import behaviour, cad, data, short_texts
+from contract.text import tokenize
+from training import behaviour, cad, data, negation, short_texts
 from training.calibrate import brier, expected_calibration_error
 from training.holdout import Holdout
 
@@ -76,6 +80,38 @@ def robustness_probs(
     if short:  # a tiny smoke-run split may yield no short text at all
         scored["short_text"] = (predict([s.text for s in short]), torch.tensor([float(s.label) for s in short]))
     return scored
+
+
+def robustness_texts(cad_dev: Sequence[cad.Pair], short: Sequence[short_texts.ShortText]) -> dict[str, list[str]]:
+    """The texts behind `robustness_probs`' sets, in the same order."""
+    texts = {"cad_dev_original": [p.original for p in cad_dev], "cad_dev_revised": [p.revised for p in cad_dev]}
+    return texts | ({"short_text": [s.text for s in short]} if short else {})
+
+
+def flips(ours: Scored, theirs: Scored, texts: dict[str, list[str]], listed: int = 60) -> dict[str, dict[str, object]]:
+    """Per set, what this model gets wrong and `theirs` (another model) right ("lost"), and the reverse ("won"), with
+    how many of each hold a negation cue and the lost texts: where a lever's cost on a set comes from."""
+    out: dict[str, dict[str, object]] = {}
+    for name, (p, y) in ours.items():
+        q = theirs[name][0]
+        right, other_right = ((p >= 0.5).float() == y).tolist(), ((q >= 0.5).float() == y).tolist()
+        lost = [i for i, (a, b) in enumerate(zip(right, other_right, strict=True)) if b and not a]
+        won = [i for i, (a, b) in enumerate(zip(right, other_right, strict=True)) if a and not b]
+
+        def negated(rows: list[int], name: str = name) -> int:
+            return sum(any(negation.is_cue(t) for t in tokenize(texts[name][i])) for i in rows)
+
+        out[name] = {
+            "lost": len(lost),
+            "lost_with_negation": negated(lost),
+            "won": len(won),
+            "won_with_negation": negated(won),
+            "lost_texts": [
+                {"text": texts[name][i], "label": int(y[i]), "p": round(float(p[i]), 3), "p_other": round(float(q[i]), 3)}
+                for i in lost[:listed]
+            ],
+        }
+    return out
 
 
 def both_right(scored: Scored) -> torch.Tensor:
@@ -151,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help=routes)
     parser.add_argument("--invariance-texts", type=int, default=512, help="test reviews for the padding/batch-mate check (bf16)")
     parser.add_argument("--behaviour-only", action="store_true", help="only the behavioural suite (seconds; needs no data)")
+    parser.add_argument(
+        "--against", type=Path, default=None, help="another model file: which CAD dev and short texts each gets right alone"
+    )
     args = parser.parse_args(argv)
     try:
         loaded = artifact.load(args.model)
@@ -187,6 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     result["cad_dev_pairs"] = {"both_right": float(both_right(fp32).float().mean()), "n": len(cad_dev)}
     result.setdefault("short_text", {"n": 0})
     result["behaviour"] = behaviour.pass_rates(lambda texts: predict_texts(loaded, texts))
+    if args.against is not None:
+        other = artifact.load(args.against)
+        theirs = robustness_probs(lambda texts: predict_texts(other, texts), cad_dev, short)
+        ours = {k: v for k, v in fp32.items() if k in theirs}
+        result["against"] = {
+            "model": f"{other.manifest.name} {other.manifest.version}",
+            **flips(ours, theirs, robustness_texts(cad_dev, short)),
+        }
     ok = True
     if loaded_bf16 is not None:
         sample = [r.text for r in (dataset.test or dataset.validation)[: args.invariance_texts]]
