@@ -7,7 +7,7 @@ Each --config is `name[:KEY=VALUE,KEY=VALUE...]`: environment for a fresh `senti
 the names `litserve` and `torchserve` run the peers instead, on the same artifact, as bench.serve configures them
 (2 workers x 1 torch thread, batch 64, 5 ms; venvs at /tmp/ls-venv and /tmp/ts-venv), their RSS summed over the
 process tree (launcher + workers).
-Per config: RSS at ready, then `--rounds` rounds of wrk (closed loop, `--clients` connections, single real IMDb test
+Per config: RSS (and PSS, which counts pages the serving processes share once) at ready, then `--rounds` rounds of wrk (closed loop, `--clients` connections, single real IMDb test
 reviews) of `--seconds` each, with RSS sampled every second during each round (mean and highest per round: a single
 sample swings with the batches in flight) and throughput, then RSS after `--idle` seconds without load.
 Verdicts (issue 30): plateau = mean RSS of the last round <= 1.05 x that of the reference round (default half-way:
@@ -60,7 +60,7 @@ def start(name: str, env: dict[str, str], args: argparse.Namespace) -> tuple[com
 def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
     server, url, rss_now = start(name, env, args)
     try:
-        ready = rss_now()
+        ready, pss_ready = rss_now(), common.tree_pss_mb(server.pid)
         rounds = []
         for k in range(args.rounds):
             samples, done = [], threading.Event()
@@ -69,7 +69,7 @@ def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[st
             w = common.run_wrk(url, args.bodies, args.clients, args.seconds)
             done.set()
             sampler.join()
-            rss = rss_now()
+            rss, pss = rss_now(), common.tree_pss_mb(server.pid)
             errors = sum(w["errors"].values())
             mean = sum(samples) / len(samples) if samples else rss
             throughput = w["requests"] / (w["duration_us"] / 1e6)
@@ -79,17 +79,18 @@ def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[st
                     "rss_mb": rss,
                     "rss_mean_mb": mean,
                     "rss_max_mb": max(samples, default=rss),
+                    "pss_mb": pss,
                     "throughput": throughput,
                     "errors": errors,
                 }
             )
             print(
-                f"  {name:>10} round {k + 1}: RSS {rss:7.1f} MiB (mean {mean:7.1f}, max {rounds[-1]['rss_max_mb']:7.1f})  "
+                f"  {name:>10} round {k + 1}: RSS {rss:7.1f} MiB (mean {mean:7.1f}, max {rounds[-1]['rss_max_mb']:7.1f}), PSS {pss:7.1f}  "
                 f"{throughput:7.1f} req/s  errors {errors}",
                 flush=True,
             )
         time.sleep(args.idle)
-        idle = rss_now()
+        idle, pss_idle = rss_now(), common.tree_pss_mb(server.pid)
         peak = max(common.tree_hwm_mb(server.pid), max(r["rss_max_mb"] for r in rounds))  # a peer's tree: highest sample
     finally:
         if name in PEERS:
@@ -104,6 +105,8 @@ def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[st
         "rss_ready_mb": ready,
         "rounds": rounds,
         "rss_idle_mb": idle,
+        "pss_ready_mb": pss_ready,
+        "pss_idle_mb": pss_idle,
         "rss_peak_mb": peak,
         "reference_round": reference["round"],
         "plateau_ratio": rounds[-1]["rss_mean_mb"] / reference["rss_mean_mb"],
@@ -115,7 +118,7 @@ def measure(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[st
         f"  {name:>10}: ready {ready:.0f} MiB, mean RSS last round / round {reference['round']} = {result['plateau_ratio']:.3f} "
         f"({'ok' if result['plateau_ratio'] <= 1.05 else 'FAIL'}), idle after {args.idle:.0f} s {idle:.0f} MiB = "
         f"{result['idle_over_ready']:.2f}x ready ({'ok' if result['idle_over_ready'] <= 1.5 else 'FAIL'}), peak {peak:.0f} MiB, "
-        f"mean {result['mean_throughput']:.1f} req/s",
+        f"mean {result['mean_throughput']:.1f} req/s; PSS ready {pss_ready:.0f} MiB, idle {pss_idle:.0f} MiB",
         flush=True,
     )
     return result
