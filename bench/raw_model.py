@@ -12,6 +12,9 @@ of the single-stream and parallel figures.
 Torch intra-op threads default to what the service uses when SENTIMENT_TORCH_THREADS is unset (torch's
 default, one per core); pass --threads to match a server started with SENTIMENT_TORCH_THREADS.
 
+With --peak it then measures the CPU's dense GEMM rate per precision and the share of it the model's best batch
+reaches (its BiLSTM's projections, counted per review): how far the kernel is from the hardware.
+
     python -m bench.raw_model --kernels [--kernel-batch-sizes 1,4,16,64] [--kernel-threads 1,2]
 
 measures the model's two BiLSTM routes instead (training/model.py): packed, dense and the artifact's own
@@ -121,6 +124,27 @@ def kernel_table(
     return rows
 
 
+def gemm_peak(dtype: torch.dtype, seconds: float, n: int = 1024) -> float:
+    """GFLOP/s of back-to-back n x n x n matmuls in `dtype` on torch's threads: the CPU's dense-math ceiling, which
+    no kernel of small recurrent steps reaches."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):  # warm-up: oneDNN picks and JITs its kernel
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        a @ b
+        runs += 1
+    return 2 * n**3 * runs / elapsed / 1e9
+
+
+def lstm_flops_per_review(module: torch.nn.Module, mean_ids: float) -> float:
+    """Multiply-adds x 2 of the BiLSTM over a review of `mean_ids` tokens: per token and direction, the input and the
+    recurrent projections, 4H x (E + H) each way (the gates' pointwise math is left out: it is not GEMM work)."""
+    weights = dict(module.named_parameters())
+    per_token = sum(2 * w.shape[0] * w.shape[1] for name, w in weights.items() if name.startswith("lstm.weight_"))  # every direction
+    return per_token * mean_ids
+
+
 def summary(times: list[float], batch_size: int) -> dict[str, float]:
     total = sum(times)
     return {
@@ -183,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         "default fp32,bf16 (bf16 skipped on a file without the route)",
     )
     parser.add_argument("--kernels", action="store_true", help="compare the model's BiLSTM routes instead (see above)")
+    parser.add_argument("--peak", action="store_true", help="also the CPU's GEMM peak per precision and the share of it the model reaches")
     parser.add_argument("--kernel-batch-sizes", default="1,4,16,64")
     parser.add_argument("--kernel-threads", default="1,2")
     parser.add_argument("--out", default="raw_model", help="results name under bench/results/")
@@ -275,6 +300,18 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if result["bf16_over_fp32"]["best_model"] is not None:
         print("bf16/fp32: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["bf16_over_fp32"].items()))
+    if args.peak:
+        flops = lstm_flops_per_review(art.module, result["mean_ids"])
+        result["lstm_mflop_per_review"] = flops / 1e6
+        result["gemm_peak"] = {}
+        for precision, r in results.items():
+            peak = gemm_peak(torch.bfloat16 if precision == "bf16" else torch.float32, args.seconds)
+            share = r["best_model"]["reviews_per_s"] * flops / 1e9 / peak
+            result["gemm_peak"][precision] = {"gflops": peak, "reviews_per_s_at_peak": peak * 1e9 / flops, "best_model_share": share}
+            print(
+                f"{precision} GEMM peak ({torch.get_num_threads()} threads): {peak:.0f} GFLOP/s = {peak * 1e9 / flops:.0f} reviews/s at "
+                f"{flops / 1e6:.0f} MFLOP per review; the best model figure uses {100 * share:.0f} % of it"
+            )
     print(f"wrote {common.save(args.out, result)}")
     return result
 
