@@ -115,7 +115,7 @@ def test_idle_trim_is_due_once_per_idle_period() -> None:
 
 
 def test_the_server_trims_once_idle_and_keeps_serving(tiny_model_path: Path, tmp_path: Path) -> None:
-    env = {"SENTIMENT_MALLOC_TRIM_IDLE_MS": "300", "SENTIMENT_LOG_LEVEL": "debug"}
+    env = {"SENTIMENT_MALLOC_TRIM_IDLE_MS": "300", "SENTIMENT_LOG_LEVEL": "debug", "SENTIMENT_PROCESSES": "1"}  # trims are per process
     with running_server(tiny_model_path, tmp_path, **env) as (_, port, log):
         for _ in range(3):
             assert httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ["a fine film"]}).status_code == 200

@@ -89,6 +89,7 @@ def servers(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             logs / "overload.log",
             SENTIMENT_MAX_QUEUE="4",
             SENTIMENT_MAX_ITEMS_PER_REQUEST="4",
+            SENTIMENT_PROCESSES="1",  # the queue is per process: a second one would take the requests it must refuse
             SENTIMENT_LOG_LEVEL="warning",
         ),
     }

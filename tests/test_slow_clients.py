@@ -88,6 +88,7 @@ def test_slow_clients_at_twice_the_connection_limit_starve_no_one(tiny_model_pat
         "SENTIMENT_MAX_IN_FLIGHT": str(IN_FLIGHT),
         "SENTIMENT_HEADER_TIMEOUT_S": str(TIMEOUT_S),
         "SENTIMENT_BODY_TIMEOUT_S": str(TIMEOUT_S),
+        "SENTIMENT_PROCESSES": "1",  # the limits are per process: twice one process's limit is what the attack needs
     }
     with running_server(tiny_model_path, tmp_path, **env) as (_, port, log):
         statuses, lifetimes, answers, _ = asyncio.run(_attack(port, kind))
@@ -123,7 +124,8 @@ def test_a_client_over_its_connection_cap_is_refused_others_are_not(tiny_model_p
             writer.close()
         return refused, status
 
-    with running_server(tiny_model_path, tmp_path, SENTIMENT_MAX_CONNECTIONS_PER_CLIENT=str(cap)) as (_, port, _):
+    # One process: the cap is per process, and the kernel would spread the six connections over two.
+    with running_server(tiny_model_path, tmp_path, SENTIMENT_MAX_CONNECTIONS_PER_CLIENT=str(cap), SENTIMENT_PROCESSES="1") as (_, port, _):
         refused, status = asyncio.run(scenario(port))
     assert status == 200
     for answer in refused:
