@@ -68,24 +68,21 @@ MAX_ACCURACY_CHANGE = 0.001
 MAX_INVARIANCE = {"fp32": 1e-5, "bf16": 1e-3}
 
 
+def robustness_texts(cad_dev: Sequence[cad.Pair], short: Sequence[short_texts.ShortText]) -> dict[str, list[str]]:
+    """CAD dev originals and revisions, and short texts (if any: a tiny smoke-run split may yield none), per set."""
+    texts = {"cad_dev_original": [p.original for p in cad_dev], "cad_dev_revised": [p.revised for p in cad_dev]}
+    return texts | ({"short_text": [s.text for s in short]} if short else {})
+
+
 def robustness_probs(
     predict: Callable[[Sequence[str]], torch.Tensor], cad_dev: Sequence[cad.Pair], short: Sequence[short_texts.ShortText]
 ) -> Scored:
-    """CAD dev originals and revisions, and short texts (if any) -> (probabilities, labels) per set."""
+    """The sets of `robustness_texts` -> (probabilities, labels) per set."""
     y_original = torch.tensor([float(p.original_label) for p in cad_dev])  # [P]
-    scored = {
-        "cad_dev_original": (predict([p.original for p in cad_dev]), y_original),
-        "cad_dev_revised": (predict([p.revised for p in cad_dev]), 1 - y_original),
-    }
-    if short:  # a tiny smoke-run split may yield no short text at all
-        scored["short_text"] = (predict([s.text for s in short]), torch.tensor([float(s.label) for s in short]))
-    return scored
-
-
-def robustness_texts(cad_dev: Sequence[cad.Pair], short: Sequence[short_texts.ShortText]) -> dict[str, list[str]]:
-    """The texts behind `robustness_probs`' sets, in the same order."""
-    texts = {"cad_dev_original": [p.original for p in cad_dev], "cad_dev_revised": [p.revised for p in cad_dev]}
-    return texts | ({"short_text": [s.text for s in short]} if short else {})
+    labels = {"cad_dev_original": y_original, "cad_dev_revised": 1 - y_original}
+    if short:
+        labels["short_text"] = torch.tensor([float(s.label) for s in short])
+    return {name: (predict(texts), labels[name]) for name, texts in robustness_texts(cad_dev, short).items()}
 
 
 def flips(ours: Scored, theirs: Scored, texts: dict[str, list[str]], listed: int = 60) -> dict[str, dict[str, object]]:
