@@ -93,3 +93,26 @@ def test_an_idiom_keeps_its_sign_under_negation_and_other_words_flip() -> None:
     lex = ScopeLexicon({"waste": -2.4, "bad": -1.5, "time": 0.0}, {"waste": 1000, "bad": 1000}, reviews=1000, scale=1.0)
     assert lex.logit(clauses("Don't waste your time.")) < 0 < lex.logit(clauses("Not bad."))
     assert lex.logit(clauses("Don't waste your time.")) == lex.logit(clauses("Waste of time."))
+
+
+def test_contrast_pairs_swap_two_clauses_read_oppositely_and_the_later_one_decides() -> None:
+    texts = [
+        "The cast was great and funny. And then it was good.",
+        "The plot was boring and bad. It was not great at all.",
+        "I loved the film so much. The plot was bad, boring.",
+        "What a great good film!",
+        "So the plot was bad and boring.",
+    ] * 4
+    lex = lexicon()
+    pairs = counterfactuals.contrasts(texts, lex, 6, seed=0)
+    assert len(pairs) == 6 and {p.kind for p in pairs} == {"contrast"}
+    for p in pairs:
+        cut = p.original.index("but")
+        first, later = p.original[:cut], p.original[cut + 1 :]
+        assert p.edited == [*later, "but", *first]  # the same two clauses, order swapped
+        assert (lex.logit([later]) > 0) == bool(p.label) and (lex.logit([first]) > 0) != bool(p.label)
+        assert not any(negation.is_cue(t) for t in p.original)  # a negation would make its scope the lesson
+        assert first[0] not in counterfactuals.CONNECTIVES and later[0] not in counterfactuals.CONNECTIVES
+    assert {p.label for p in pairs} == {0, 1}
+    assert pairs == counterfactuals.contrasts(texts, lex, 6, seed=0)  # seeded
+    assert counterfactuals.contrasts(["Only good things. Great, great fun."] * 5, lex, 4, seed=0) == []  # one side only
